@@ -1,0 +1,136 @@
+"""The daemon's configuration: a TOML file validated by pydantic.
+
+Layout of the file (every table optional except ``systems``; see ``labd/default.toml``, the
+embedded default, for a commented example)::
+
+    [server]            control/event endpoints, message and batch limits, queue depth
+    [store]             where measurements are recorded (see labd.daemon.store)
+    [systems.NAME]      one physical system: kind, dimensions, ranges, encoding, decoding,
+                        nominal physics, and its two instruments
+    [systems.NAME.bench]     for simulated systems: the shared simulated bench (seed, timing...)
+    [systems.NAME.drive]     driver = "registry name", then the driver's own options
+    [systems.NAME.detector]  likewise
+
+Unknown keys are errors (a typo in a lab config must not be silently ignored), except inside
+``physics``, ``bench``, ``drive`` and ``detector``, whose keys belong to the kind or driver and
+are checked when the system is built.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from drivers.physics.encoding import Mapping
+from protocols.v1 import DEFAULT_CONTROL_ENDPOINT, DEFAULT_EVENT_ENDPOINT
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Config):
+    control: str = DEFAULT_CONTROL_ENDPOINT
+    #: The PUB socket for status and fault events; empty string to disable.
+    events: str = DEFAULT_EVENT_ENDPOINT
+    #: Largest request accepted, all frames together (bytes); larger ones get ``too_large``.
+    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    #: Requests per system waiting to be measured before ``busy`` is answered.
+    queue_depth: int = Field(64, ge=1)
+    #: Replies remembered per daemon to answer a retried request ``id`` without measuring again.
+    reply_cache: int = Field(256, ge=0)
+
+
+class StoreConfig(_Config):
+    #: SQLite file; empty string records nothing. ``~`` is expanded.
+    path: str = "~/.local/share/labd/measurements.sqlite"
+
+
+class InstrumentConfig(BaseModel):
+    """``driver`` names an entry of ``drivers.registry``; other keys are the driver's options."""
+
+    model_config = ConfigDict(extra="allow")
+
+    driver: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class SystemConfig(Mapping):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
+    description: str = ""
+    #: Largest batch measured in one go; larger requests are measured in chunks.
+    max_batch: int = Field(1024, ge=1)
+    #: Nominal (textbook) physics of the rig, read by the kind's nominal model.
+    physics: dict[str, Any] = Field(default_factory=dict)
+    #: Present for simulated systems: options of the shared simulated bench.
+    bench: dict[str, Any] | None = None
+    drive: InstrumentConfig
+    detector: InstrumentConfig
+    #: Record every measurement of this system in the store.
+    record: bool = True
+    #: Seconds one instrument call may take before the system is declared faulted.
+    timeout_s: float = Field(60.0, gt=0)
+    #: Measure on the server thread: only for instantaneous systems (loopback).
+    inline: bool = False
+
+
+class DaemonConfig(_Config):
+    server: ServerConfig = ServerConfig()
+    store: StoreConfig = StoreConfig()
+    systems: dict[str, SystemConfig]
+
+    @field_validator("systems")
+    @classmethod
+    def _names(cls, systems: dict[str, SystemConfig]) -> dict[str, SystemConfig]:
+        if not systems:
+            raise ValueError("at least one system must be configured")
+        for name in systems:
+            if not name or len(name) > 64 or not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"system name {name!r}: use 1-64 letters, digits, - or _")
+        return systems
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be read or does not validate."""
+
+
+def _parse(text: str, origin: str) -> DaemonConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{origin}: not valid TOML: {exc}") from None
+    try:
+        return DaemonConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{origin}: invalid configuration:"]
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {where}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def default_config_text() -> str:
+    """The embedded default configuration (every simulated system, fast timing, loopback)."""
+    return resources.files("labd").joinpath("default.toml").read_text()
+
+
+def load_config(path: str | Path | None = None) -> DaemonConfig:
+    """The configuration at ``path``, or the embedded default when ``path`` is None."""
+    if path is None:
+        return _parse(default_config_text(), "embedded default")
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {p}: {exc.strerror}") from None
+    return _parse(text, str(p))
+
