@@ -116,7 +116,7 @@ class Detector(Instrument):
             raise ValueError(f"{name}: samples must be positive, got {samples}")
         self.samples = samples
 
-    def arm(self, shots: int) -> None:  # noqa: B027 - optional hook, most detectors need none
+    def arm(self, shots: int) -> None:
         """Prepare to record ``shots`` shots (set up a trigger, a segment count...)."""
 
     @abstractmethod

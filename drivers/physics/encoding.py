@@ -14,8 +14,8 @@ nominal models (torch, differentiable), so both see exactly the same mapping.
    silent tail during which a plate rings down.
 
 ``Decoding`` (trace ``[B, samples]`` -> y ``[B, output_dim]``): samples ``start:`` are cut into
-``output_dim`` equal contiguous windows (any remainder at the end is dropped), each reduced by ``reduce``
-(``mean``, ``sum`` or ``rms``), then multiplied by ``scale``.
+``output_dim`` equal contiguous windows (any remainder at the end is dropped), each reduced by
+``reduce`` (``mean``, ``sum`` or ``rms``), then multiplied by ``scale``.
 """
 
 from __future__ import annotations
