@@ -71,7 +71,7 @@ class ArraySpec(_Strict):
 
 
 class ErrorInfo(_Strict):
-    code: ErrorCode
+    code: StrictStr  # one of ErrorCode; a client must tolerate codes it does not know
     message: StrictStr
     retryable: StrictBool = False
 

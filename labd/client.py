@@ -1,0 +1,245 @@
+"""``LabClient``: the Python client of a labd daemon (protocol v1).
+
+Contract:
+
+* ``LabClient(endpoint, timeout_s=30.0, retries=3)`` connects a DEALER socket with a stable
+  routing identity, so a retried request is recognised by the daemon as the same client's.
+* ``hello()``, ``describe(system)``, ``status()`` return the reply's fields as dicts;
+  ``forward(system, x, theta)`` returns ``y`` (float32 ``[B, output_dim]``, a read-only view on
+  the received frame); ``measure(...)`` also returns ``seq`` and ``elapsed_s``.
+* ``submit(...)`` sends a forward without waiting and returns its request id; ``result(id)``
+  waits for that reply. Several requests may be in flight; replies are matched by ``id``.
+* Errors are raised as ``LabError`` subclasses named after the protocol's codes, carrying
+  ``code``, ``message`` and ``retryable``. A request whose reply does not come within
+  ``timeout_s`` raises ``ReplyTimeout`` (retryable).
+* Retryable errors and lost replies are retried up to ``retries`` times with the *same* request
+  ``id``, with a short backoff: the daemon answers a repeated ``id`` from its reply cache, so a
+  retry never measures twice.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import zmq
+
+from protocols.frames import decode_reply, encode
+from protocols.v1 import DEFAULT_CONTROL_ENDPOINT, VERSION
+
+
+class LabError(Exception):
+    """An error reply from the daemon (or no reply at all)."""
+
+    code = "error"
+
+    def __init__(self, message: str, retryable: bool = False, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.message}"
+
+
+class BadRequest(LabError):
+    code = "bad_request"
+
+
+class UnsupportedVersion(LabError):
+    code = "unsupported_version"
+
+
+class UnknownOp(LabError):
+    code = "unknown_op"
+
+
+class UnknownSystem(LabError):
+    code = "unknown_system"
+
+
+class BadArray(LabError):
+    code = "bad_array"
+
+
+class OutOfRange(LabError):
+    code = "out_of_range"
+
+
+class TooLarge(LabError):
+    code = "too_large"
+
+
+class Busy(LabError):
+    code = "busy"
+
+
+class InstrumentFault(LabError):
+    code = "instrument_fault"
+
+
+class Unauthorized(LabError):
+    code = "unauthorized"
+
+
+class ReplyTimeout(LabError):
+    code = "timeout"
+
+
+ERRORS: dict[str, type[LabError]] = {cls.code: cls for cls in (
+    BadRequest, UnsupportedVersion, UnknownOp, UnknownSystem, BadArray, OutOfRange, TooLarge,
+    Busy, InstrumentFault, Unauthorized)}
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardResult:
+    y: np.ndarray
+    seq: int
+    elapsed_s: float
+
+
+class LabClient:
+    def __init__(self, endpoint: str = DEFAULT_CONTROL_ENDPOINT, timeout_s: float = 30.0,
+                 retries: int = 3, curve: dict[str, bytes] | None = None) -> None:
+        """``curve``: ``{"server_key", "public_key", "secret_key"}`` (Z85) to use CURVE."""
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self._curve = curve
+        self._identity = b"labd-" + uuid.uuid4().bytes
+        self._context = zmq.Context.instance()
+        self._socket: zmq.Socket | None = None
+        self._pending: dict[str, tuple[list[Any], float]] = {}  # id -> (request frames, sent)
+        self._arrived: dict[str, tuple[Any, dict[str, np.ndarray]]] = {}
+        self._connect()
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, self._identity)
+        if self._curve is not None:
+            sock.curve_serverkey = self._curve["server_key"]
+            sock.curve_publickey = self._curve["public_key"]
+            sock.curve_secretkey = self._curve["secret_key"]
+        sock.connect(self.endpoint)
+        self._socket = sock
+
+    def _reconnect(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+        self._connect()
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def __enter__(self) -> LabClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def send(self, op: str, fields: dict[str, Any] | None = None,
+             arrays: tuple[tuple[str, np.ndarray], ...] = (), request_id: str | None = None
+             ) -> str:
+        """Send one request without waiting; return its id."""
+        if self._socket is None:
+            raise RuntimeError("client is closed")
+        rid = request_id or uuid.uuid4().hex
+        frames = [b"", *encode({"v": VERSION, "id": rid, "op": op, **(fields or {})}, arrays)]
+        self._socket.send_multipart(frames, copy=False)
+        self._pending[rid] = (frames, time.monotonic())
+        return rid
+
+    def wait(self, rid: str, timeout_s: float | None = None) -> tuple[Any, dict[str, np.ndarray]]:
+        """The reply header and arrays of request ``rid``; raises ``LabError`` on error replies
+        and ``ReplyTimeout`` when nothing comes within the timeout."""
+        assert self._socket is not None
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        while rid not in self._arrived:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._socket.poll(max(1, int(remaining * 1000))):
+                raise ReplyTimeout(f"no reply to {rid} from {self.endpoint} within "
+                                   f"{self.timeout_s:g} s", retryable=True)
+            frames = self._socket.recv_multipart(copy=False)
+            body = frames[1:] if frames and len(frames[0]) == 0 else frames
+            header, arrays = decode_reply(body)
+            if header.id in self._pending:
+                self._pending.pop(header.id)
+                self._arrived[header.id] = (header, arrays)
+        header, arrays = self._arrived.pop(rid)
+        if not header.ok:
+            err = header.error
+            cls = ERRORS.get(str(err.code), LabError)
+            raise cls(err.message, err.retryable, str(err.code))
+        return header, arrays
+
+    def call(self, op: str, fields: dict[str, Any] | None = None,
+             arrays: tuple[tuple[str, np.ndarray], ...] = ()) -> tuple[Any, dict[str, np.ndarray]]:
+        """Send a request and wait for its reply, retrying retryable failures with the same id."""
+        rid = self.send(op, fields, arrays)
+        for attempt in range(self.retries + 1):
+            try:
+                return self.wait(rid)
+            except LabError as exc:
+                if not exc.retryable or attempt == self.retries:
+                    self._pending.pop(rid, None)
+                    raise
+                time.sleep(min(0.05 * 2 ** attempt, 2.0))
+                if isinstance(exc, ReplyTimeout):
+                    self._reconnect()
+                self.send(op, fields, arrays, request_id=rid)
+        raise AssertionError("unreachable")
+
+    # -- operations ---------------------------------------------------------------------------
+
+    def hello(self) -> dict[str, Any]:
+        header, _ = self.call("hello")
+        return header.model_dump(exclude={"v", "id", "ok", "error", "arrays"})
+
+    def describe(self, system: str) -> dict[str, Any]:
+        header, _ = self.call("describe", {"system": system})
+        return dict(header.model_extra["system"])
+
+    def status(self) -> dict[str, Any]:
+        header, _ = self.call("status")
+        return header.model_dump(exclude={"v", "id", "ok", "error", "arrays"})
+
+    @staticmethod
+    def _arrays(x: np.ndarray, theta: np.ndarray) -> tuple[tuple[str, np.ndarray], ...]:
+        return (("x", np.ascontiguousarray(x, dtype=np.float32)),
+                ("theta", np.ascontiguousarray(theta, dtype=np.float32)))
+
+    def measure(self, system: str, x: np.ndarray, theta: np.ndarray) -> ForwardResult:
+        """One physical forward pass: ``y``, the first row's ``seq`` and the instrument time."""
+        header, arrays = self.call("forward", {"system": system}, self._arrays(x, theta))
+        return _forward_result(header, arrays)
+
+    def forward(self, system: str, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        """``y = f_physical(x, theta)`` measured on ``system``: float32 ``[B, output_dim]``."""
+        return self.measure(system, x, theta).y
+
+    def submit(self, system: str, x: np.ndarray, theta: np.ndarray) -> str:
+        """Send a forward request without waiting; collect it with ``result(id)``."""
+        return self.send("forward", {"system": system}, self._arrays(x, theta))
+
+    def result(self, rid: str) -> ForwardResult:
+        header, arrays = self.wait(rid)
+        return _forward_result(header, arrays)
+
+
+def _forward_result(header: Any, arrays: dict[str, np.ndarray]) -> ForwardResult:
+    extra = header.model_extra or {}
+    return ForwardResult(y=arrays["y"], seq=int(extra["seq"]), elapsed_s=float(extra["elapsed_s"]))

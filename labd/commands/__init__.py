@@ -1,0 +1,1 @@
+"""Subcommands of ``labd``: one module each, with ``register(subparsers)``."""

@@ -1,0 +1,61 @@
+"""``labd serve``: run the daemon until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+
+import zmq
+
+from labd.config import ConfigError, load_config
+
+log = logging.getLogger("labd.serve")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="run the daemon",
+        description="Serve physical forward queries over ZeroMQ (protocol v1). Without --config "
+                    "it serves the embedded default: every simulated system, in fast timing, "
+                    "plus the loopback diagnostic. Stop it with Ctrl-C or SIGTERM.")
+    p.add_argument("--config", metavar="PATH",
+                   help="TOML configuration (default: the embedded one; see `labd config`)")
+    p.add_argument("--bind", metavar="ENDPOINT",
+                   help="control endpoint, overriding the config (default tcp://127.0.0.1:5555)")
+    p.add_argument("--events", metavar="ENDPOINT",
+                   help="event (PUB) endpoint, overriding the config; empty string disables it")
+    p.add_argument("--store", metavar="PATH",
+                   help="measurement store file, overriding the config; empty string records "
+                        "nothing")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from labd.daemon.server import Daemon
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    server = config.server.model_copy(update={
+        k: v for k, v in (("control", args.bind), ("events", args.events)) if v is not None})
+    store = config.store.model_copy(update={"path": args.store} if args.store is not None else {})
+    config = config.model_copy(update={"server": server, "store": store})
+    recorder = None
+    if config.store.path:
+        from labd.daemon.store import open_store
+
+        recorder = open_store(config.store.path)
+    daemon = Daemon(config, recorder)
+    try:
+        daemon.bind()
+    except zmq.ZMQError as exc:
+        log.error("cannot bind %s: %s (is another labd running? use --bind)",
+                  config.server.control, exc)
+        return 2
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: daemon.stop())
+    daemon.serve()
+    return 0

@@ -1,0 +1,1 @@
+"""The daemon side: server loop, per-system workers, systems, store."""

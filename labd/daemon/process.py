@@ -1,0 +1,103 @@
+"""Start ``labd serve`` as a child process on a free loopback port, for a run or a test.
+
+``LocalDaemon`` is a context manager: on entry it starts the daemon (embedded default config
+unless ``config`` names a file; no store unless ``store`` names a file), waits until it answers
+``hello``, and exposes ``endpoint``; on exit it sends SIGTERM and waits for a clean exit
+(SIGKILL after ``stop_timeout_s``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import zmq
+
+from protocols.frames import decode_reply, encode
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(endpoint: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    """Block until the daemon at ``endpoint`` answers ``hello``; raise ``RuntimeError`` else."""
+    deadline = time.monotonic() + timeout_s
+    ctx = zmq.Context.instance()
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"labd serve exited with code {proc.returncode} during start-up")
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        try:
+            sock.send_multipart([b"", *encode({"v": 1, "id": "ready?", "op": "hello"})])
+            if sock.poll(200):
+                frames = sock.recv_multipart()
+                header, _ = decode_reply(frames[1:])
+                if header.ok:
+                    return
+        finally:
+            sock.close()
+    raise RuntimeError(f"labd at {endpoint} did not answer within {timeout_s} s")
+
+
+class LocalDaemon:
+    def __init__(self, config: str | Path | None = None, store: str | Path | None = None,
+                 log_level: str = "warning", extra_args: list[str] | None = None,
+                 start_timeout_s: float = 60.0, stop_timeout_s: float = 30.0) -> None:
+        self.port = free_port()
+        self.endpoint = f"tcp://127.0.0.1:{self.port}"
+        self.events_endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self._args = [sys.executable, "-m", "labd", "--log-level", log_level, "serve",
+                      "--bind", self.endpoint, "--events", self.events_endpoint,
+                      "--store", str(store) if store else ""]
+        if config is not None:
+            self._args += ["--config", str(config)]
+        self._args += extra_args or []
+        self.start_timeout_s = start_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> LocalDaemon:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(self._args, env=env)
+        try:
+            wait_ready(self.endpoint, self.start_timeout_s, self.proc)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def stop(self) -> int:
+        """SIGTERM, wait for the exit code (SIGKILL if it does not come)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(self.stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return -9
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> LocalDaemon:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,60 @@
+"""What the serving path hands to the measurement store, and the sequence counter.
+
+* ``SequenceCounter.take(n)`` hands out ``n`` consecutive measurement numbers, thread-safe,
+  starting where the store says the last run stopped (numbers never repeat across restarts).
+* A ``Recorder`` (the store) receives one ``Measurement`` per successful forward request;
+  ``record`` returns only once the measurement is durable, so a reply that reached a client
+  implies its measurement survives a crash of the daemon.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass(slots=True, frozen=True)
+class Measurement:
+    system: str
+    seq: int  # number of row 0; rows are numbered consecutively
+    client: str
+    request_id: str
+    x: np.ndarray  # float32 [B, input_dim]
+    theta: np.ndarray  # float32 [param_dim] or [B, param_dim]
+    y: np.ndarray  # float32 [B, output_dim]
+    received: float  # UNIX time the request arrived (s)
+    done: float  # UNIX time the measurement finished (s)
+    elapsed_s: float  # instrument time (s)
+
+
+class Recorder(Protocol):
+    def next_seq(self) -> int:
+        """The first measurement number this run may use."""
+
+    def start_run(self, config: dict[str, Any], devices: dict[str, Any]) -> None:
+        """Record a daemon start: full configuration and the (hidden-free) device descriptions."""
+
+    def record(self, measurement: Measurement) -> None:
+        """Store one measurement; durable when this returns."""
+
+    def close(self) -> None: ...
+
+
+class SequenceCounter:
+    def __init__(self, first: int = 0) -> None:
+        self._next = first
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> int:
+        """Reserve ``n`` consecutive numbers; return the first."""
+        with self._lock:
+            first = self._next
+            self._next += n
+            return first
+
+    @property
+    def next(self) -> int:
+        return self._next

@@ -1,0 +1,322 @@
+"""The labd server loop: one ROUTER control socket, one worker thread per physical system.
+
+Contract (protocol v1, see ``protocols/v1.py``):
+
+* The server thread owns the ROUTER socket (and the optional PUB event socket). It receives
+  every request, checks it completely (framing, header, system, shapes, ranges) and answers
+  ``hello``, ``describe``, ``status`` and every error itself, so a slow system never delays
+  them. A checked ``forward`` goes to its system's worker queue (``busy`` when full); systems
+  marked ``inline`` (instantaneous ones such as the loopback) are measured on this thread.
+* Requests for one system are measured one at a time in arrival order; different systems run
+  concurrently. Replies come back from the workers through an inproc PULL socket.
+* A forward request is identified by (client, ``id``). A repeat of an ``id`` whose reply is
+  cached gets the cached reply again; a repeat of one still being measured is dropped (the
+  client gets the one reply when it is ready). Nothing is measured twice.
+* Clean shutdown (``stop()``, wired to SIGINT/SIGTERM): no new requests are read; queued
+  requests are answered ``busy`` (retryable); the jobs in hand finish; drivers close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+import zmq
+
+from labd import __version__
+from labd.config import DaemonConfig
+from labd.daemon.recording import Recorder, SequenceCounter
+from labd.daemon.system import PhysicalSystem
+from labd.daemon.worker import Job, SystemWorker, measure_job
+from protocols.frames import (
+    Buffer,
+    ProtocolError,
+    decode_request,
+    error_reply,
+    ok_reply,
+    peek_id,
+)
+from protocols.v1 import SUPPORTED_VERSIONS, VERSION, ErrorCode, RequestHeader
+
+log = logging.getLogger("labd.server")
+
+PIPE_ENDPOINT = "inproc://labd-replies"
+POLL_MS = 100
+#: Frames larger than this many times the configured message limit are dropped by ZeroMQ itself
+#: (the peer is disconnected); smaller oversized requests get a ``too_large`` reply.
+HARD_LIMIT_FACTOR = 4
+
+
+class ReplyCache:
+    """The last replies to forward requests, by (client, id), bounded in count and bytes."""
+
+    def __init__(self, entries: int, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self._entries = entries
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._replies: OrderedDict[tuple[bytes, str], tuple[list[Any], int]] = OrderedDict()
+
+    def get(self, key: tuple[bytes, str]) -> list[Any] | None:
+        hit = self._replies.get(key)
+        return None if hit is None else hit[0]
+
+    def put(self, key: tuple[bytes, str], frames: list[Any]) -> None:
+        if self._entries == 0:
+            return
+        size = sum(len(f) for f in frames)
+        self._replies[key] = (frames, size)
+        self._bytes += size
+        while self._replies and (len(self._replies) > self._entries
+                                 or self._bytes > self._max_bytes):
+            _, (_, dropped) = self._replies.popitem(last=False)
+            self._bytes -= dropped
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, recorder: Recorder | None = None) -> None:
+        self.config = config
+        self.recorder = recorder
+        self.started = time.monotonic()
+        self.context = zmq.Context()
+        self._stop = threading.Event()
+        self.sequence = SequenceCounter(recorder.next_seq() if recorder else 0)
+        self.systems = {name: PhysicalSystem.from_config(name, cfg)
+                        for name, cfg in config.systems.items()}
+        self.workers: dict[str, SystemWorker] = {}
+        self.inline_counts: dict[str, list[int]] = {}  # name -> [served, errors]
+        self._inflight: set[tuple[bytes, str]] = set()
+        self._cache = ReplyCache(config.server.reply_cache)
+        self.router: zmq.Socket | None = None
+        self.events: zmq.Socket | None = None
+        self._pipe: zmq.Socket | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Bind the sockets and start the workers; raises ``zmq.ZMQError`` if a port is taken."""
+        server = self.config.server
+        self.router = self.context.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.router.setsockopt(zmq.LINGER, 1000)
+        self.router.setsockopt(zmq.MAXMSGSIZE, HARD_LIMIT_FACTOR * server.max_message_bytes)
+        self.router.setsockopt(zmq.SNDHWM, 10000)
+        self.router.setsockopt(zmq.RCVHWM, 10000)
+        self.router.bind(server.control)
+        if server.events:
+            self.events = self.context.socket(zmq.PUB)
+            self.events.setsockopt(zmq.LINGER, 0)
+            self.events.bind(server.events)
+        self._pipe = self.context.socket(zmq.PULL)
+        self._pipe.bind(PIPE_ENDPOINT)
+        if self.recorder is not None:
+            self.recorder.start_run(self.config.model_dump(mode="json"),
+                                    {n: s.describe() for n, s in self.systems.items()})
+        for name, system in self.systems.items():
+            if system.config.inline:
+                system.open()
+                self.inline_counts[name] = [0, 0]
+            else:
+                worker = SystemWorker(system, self.context, PIPE_ENDPOINT, self.sequence,
+                                      self.recorder, server.queue_depth)
+                self.workers[name] = worker
+                worker.start()
+        log.info("serving %s on %s", ", ".join(self.systems), server.control)
+
+    def stop(self) -> None:
+        """Ask the loop to finish (safe from a signal handler or another thread)."""
+        self._stop.set()
+
+    def serve(self) -> None:
+        """Run until ``stop()``; then shut down cleanly."""
+        assert self.router is not None and self._pipe is not None
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self._pipe, zmq.POLLIN)
+        while not self._stop.is_set():
+            ready = dict(poller.poll(POLL_MS))
+            if self._pipe in ready:
+                self._drain_pipe()
+            if self.router in ready:
+                for _ in range(64):
+                    try:
+                        frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._on_request(frames)
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        log.info("shutting down: finishing requests in hand")
+        for worker in self.workers.values():
+            worker.stop()
+        deadline = time.monotonic() + max(
+            (w.system.config.timeout_s for w in self.workers.values()), default=1.0)
+        while any(w.is_alive() for w in self.workers.values()) and time.monotonic() < deadline:
+            if self._pipe.poll(POLL_MS):
+                self._drain_pipe()
+        self._drain_pipe()
+        for name, system in self.systems.items():
+            if name in self.inline_counts:
+                system.close()
+        if self.recorder is not None:
+            self.recorder.close()
+        for sock in (self.router, self.events, self._pipe):
+            if sock is not None:
+                sock.close()
+        self.context.term()
+        log.info("stopped")
+
+    # -- replies from workers -----------------------------------------------------------------
+
+    def _drain_pipe(self) -> None:
+        assert self._pipe is not None and self.router is not None
+        while True:
+            try:
+                msg = self._pipe.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            kind = msg[0].bytes
+            if kind == b"event":
+                self._publish(msg[1].bytes.decode(), json.loads(msg[2].bytes))
+                continue
+            request_id = msg[1].bytes.decode()
+            n_env = int(msg[2].bytes)
+            envelope = [f.bytes for f in msg[3:3 + n_env]]
+            frames = msg[3 + n_env:]
+            key = (envelope[0], request_id)
+            self._inflight.discard(key)
+            self._cache.put(key, frames)
+            self._send(envelope, frames)
+
+    def _publish(self, topic: str, body: dict[str, Any]) -> None:
+        if self.events is not None:
+            self.events.send_multipart([topic.encode(), json.dumps(
+                {"v": VERSION, "time": time.time(), **body}).encode()])
+
+    def _send(self, envelope: list[bytes], frames: list[Any]) -> None:
+        assert self.router is not None
+        try:
+            self.router.send_multipart([*envelope, *frames], copy=False)
+        except zmq.ZMQError as exc:  # the client went away; nothing to deliver to
+            log.debug("reply not delivered: %s", exc)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def _on_request(self, frames: list[zmq.Frame]) -> None:
+        ident = frames[0].bytes
+        if len(frames) > 1 and len(frames[1]) == 0:  # REQ, or a DEALER that sends a delimiter
+            envelope, body = [ident, b""], frames[2:]
+        else:
+            envelope, body = [ident], frames[1:]
+        try:
+            reply = self._handle(envelope, body)
+        except ProtocolError as exc:
+            reply = error_reply(exc.request_id, exc.code, exc.message, exc.retryable)
+        except Exception as exc:
+            log.exception("internal error on a request")
+            rid = ""
+            with contextlib.suppress(ValueError):
+                rid = peek_id(json.loads(body[0].bytes)) if body else ""
+            reply = error_reply(rid, ErrorCode.BAD_REQUEST, f"internal error: {exc}")
+        if reply is not None:
+            self._send(envelope, reply)
+
+    def _handle(self, envelope: list[bytes], body: list[zmq.Frame]) -> list[Buffer] | None:
+        size = sum(len(f) for f in body)
+        limit = self.config.server.max_message_bytes
+        if size > limit:
+            rid = ""
+            if body and len(body[0]) <= 65536:
+                with contextlib.suppress(ValueError):
+                    rid = peek_id(json.loads(body[0].bytes))
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"message is {size} bytes; the limit is "
+                                f"{limit} bytes (split the batch)", rid)
+        header, arrays = decode_request(body)
+        rid = header.id
+        op = header.op
+        if op == "hello":
+            return ok_reply(rid, {"server": "labd", "version": __version__,
+                                  "protocols": list(SUPPORTED_VERSIONS),
+                                  "systems": list(self.systems)})
+        if op == "status":
+            return ok_reply(rid, self.status())
+        if op in ("describe", "forward"):
+            system = self._system(header)
+            if op == "describe":
+                return ok_reply(rid, {"system": system.describe()})
+            return self._forward(envelope, header, system, arrays)
+        raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown operation {op!r}; this daemon "
+                            f"answers hello, describe, forward, status", rid)
+
+    def _system(self, header: RequestHeader) -> PhysicalSystem:
+        name = (header.model_extra or {}).get("system")
+        if not isinstance(name, str):
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                f"{header.op} needs the field 'system' (string)", header.id)
+        try:
+            return self.systems[name]
+        except KeyError:
+            raise ProtocolError(ErrorCode.UNKNOWN_SYSTEM,
+                                f"no system {name!r}; this daemon has {list(self.systems)}",
+                                header.id) from None
+
+    def _forward(self, envelope: list[bytes], header: RequestHeader, system: PhysicalSystem,
+                 arrays: dict[str, Any]) -> list[Buffer] | None:
+        rid = header.id
+        if set(arrays) != {"x", "theta"}:
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                f"forward needs exactly the arrays 'x' and 'theta', got "
+                                f"{sorted(arrays)}", rid)
+        x, theta = arrays["x"], arrays["theta"]
+        try:
+            system.check(x, theta)
+        except ProtocolError as exc:
+            exc.request_id = rid
+            raise
+        key = (envelope[0], rid)
+        cached = self._cache.get(key)
+        if cached is not None:
+            log.info("repeated id %r from %s: answered from the cache", rid, envelope[0].hex())
+            return cached
+        if key in self._inflight:
+            log.info("repeated id %r from %s while in flight: dropped", rid, envelope[0].hex())
+            return None
+        job = Job(envelope=envelope, client=envelope[0].hex(), request_id=rid, x=x,
+                  theta=theta, received=time.time())
+        if system.name in self.inline_counts:
+            frames, fault = measure_job(system, job, self.sequence, self.recorder
+                                        if system.config.record else None)
+            self.inline_counts[system.name][0 if fault is None else 1] += 1
+            if fault is not None:
+                system.close()
+                system.open()
+            self._cache.put(key, frames)
+            return frames
+        try:
+            self.workers[system.name].submit(job)
+        except queue.Full:
+            raise ProtocolError(ErrorCode.BUSY, f"system {system.name!r} has "
+                                f"{self.config.server.queue_depth} requests waiting; retry "
+                                f"later", rid, retryable=True) from None
+        self._inflight.add(key)
+        return None
+
+    def status(self) -> dict[str, Any]:
+        systems: dict[str, Any] = {}
+        for name in self.systems:
+            if name in self.inline_counts:
+                served, errors = self.inline_counts[name]
+                systems[name] = {"state": "ready", "queued": 0, "served": served,
+                                 "errors": errors}
+            else:
+                w = self.workers[name]
+                systems[name] = {"state": w.state(), "queued": w.jobs.qsize(),
+                                 "served": w.served, "errors": w.errors}
+        return {"uptime_s": round(time.monotonic() - self.started, 3), "systems": systems,
+                "next_seq": self.sequence.next}

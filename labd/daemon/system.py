@@ -1,0 +1,137 @@
+"""A physical system as the daemon serves it: ``forward(x, theta)`` turned into instrument calls.
+
+``PhysicalSystem`` owns one drive and one detector (real or simulated: the code is the same) and
+implements, for a validated request:
+
+1. ``check(x, theta)``: shapes against the system's dimensions (``bad_array``), every value
+   finite and inside ``input_range`` / ``param_range`` (``out_of_range``). Runs before a request
+   is queued, so nothing malformed ever reaches an instrument.
+2. ``measure(x, theta)``: encode to drive patterns, then per chunk of at most ``max_batch``
+   shots (and at most what the drive holds): ``detector.arm``, ``drive.output``,
+   ``detector.read``, decode. Returns ``y`` (float32 ``[B, output_dim]``) and the seconds the
+   instruments spent.
+
+A driver exception becomes ``SystemFault`` (with ``retryable``); the daemon then closes and
+reopens the instruments before the next request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import numpy as np
+
+from drivers.base import Detector, Drive, InstrumentError, LimitError
+from drivers.registry import build_rig
+from labd.config import SystemConfig
+from protocols.frames import ProtocolError
+from protocols.v1 import ErrorCode
+
+
+class SystemFault(Exception):
+    """The instruments failed while measuring; ``retryable`` says whether a retry may work."""
+
+    def __init__(self, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class PhysicalSystem:
+    def __init__(self, name: str, config: SystemConfig, drive: Drive, detector: Detector) -> None:
+        self.name = name
+        self.config = config
+        self.drive = drive
+        self.detector = detector
+        self.chunk = min(config.max_batch, drive.max_shots or config.max_batch)
+
+    @classmethod
+    def from_config(cls, name: str, config: SystemConfig) -> PhysicalSystem:
+        drive, detector = build_rig(
+            name, config.kind, config, config.physics, config.bench,
+            config.drive.model_dump(), config.detector.model_dump())
+        return cls(name, config, drive, detector)
+
+    @property
+    def simulated(self) -> bool:
+        return self.config.bench is not None
+
+    def describe(self) -> dict[str, Any]:
+        """The ``describe`` reply's ``system`` object (never any hidden parameter)."""
+        c = self.config
+        return {
+            "name": self.name, "kind": c.kind, "description": c.description,
+            "input_dim": c.input_dim, "param_dim": c.param_dim, "output_dim": c.output_dim,
+            "input_range": list(c.input_range), "param_range": list(c.param_range),
+            "max_batch": c.max_batch, "simulated": self.simulated,
+            "encoding": c.encoding.model_dump(), "decoding": c.decoding.model_dump(),
+            "physics": dict(c.physics),
+            "instruments": {"drive": c.drive.driver, "detector": c.detector.driver},
+        }
+
+    def open(self) -> None:
+        self.drive.open()
+        self.detector.open()
+
+    def close(self) -> None:
+        for instrument in (self.detector, self.drive):
+            # closing a broken instrument must not raise
+            with contextlib.suppress(Exception):
+                instrument.close()
+
+    def check(self, x: np.ndarray, theta: np.ndarray) -> None:
+        """Raise ``ProtocolError`` unless ``x`` and ``theta`` fit this system."""
+        c = self.config
+        if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != c.input_dim:
+            raise ProtocolError(ErrorCode.BAD_ARRAY,
+                                f"x must be float32 [B, {c.input_dim}] for system {self.name!r}, "
+                                f"got {x.dtype.name} {list(x.shape)}")
+        if x.shape[0] < 1:
+            raise ProtocolError(ErrorCode.BAD_ARRAY, "x must hold at least one row (B >= 1)")
+        good_theta = theta.dtype == np.float32 and (
+            (theta.ndim == 1 and theta.shape[0] == c.param_dim)
+            or (theta.ndim == 2 and theta.shape == (x.shape[0], c.param_dim)))
+        if not good_theta:
+            raise ProtocolError(ErrorCode.BAD_ARRAY,
+                                f"theta must be float32 [{c.param_dim}] or [B={x.shape[0]}, "
+                                f"{c.param_dim}] for system {self.name!r}, got "
+                                f"{theta.dtype.name} {list(theta.shape)}")
+        for label, a, (lo, hi) in (("x", x, c.input_range), ("theta", theta, c.param_range)):
+            if a.size == 0:
+                continue
+            amin, amax = float(a.min()), float(a.max())  # NaN propagates into both
+            if not (np.isfinite(amin) and np.isfinite(amax)):
+                raise ProtocolError(ErrorCode.OUT_OF_RANGE, f"{label} contains NaN or inf")
+            if amin < lo or amax > hi:
+                raise ProtocolError(ErrorCode.OUT_OF_RANGE,
+                                    f"{label} spans [{amin:g}, {amax:g}], outside the range "
+                                    f"[{lo:g}, {hi:g}] of system {self.name!r}")
+
+    def measure(self, x: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, float]:
+        """``y`` float32 [B, output_dim] and the instrument time (s) for a checked request."""
+        batch = x.shape[0]
+        y = np.empty((batch, self.config.output_dim), dtype=np.float32)
+        spent = 0.0
+        for start in range(0, batch, self.chunk):
+            stop = min(start + self.chunk, batch)
+            rows = theta[start:stop] if theta.ndim == 2 else theta
+            patterns = self.config.encode(x[start:stop], rows)
+            began = time.perf_counter()
+            try:
+                self.detector.arm(stop - start)
+                self.drive.output(patterns)
+                trace = self.detector.read()
+            except LimitError as exc:
+                raise SystemFault(f"refused by the drive's safety limits: {exc}", False) from exc
+            except InstrumentError as exc:
+                raise SystemFault(str(exc), exc.retryable) from exc
+            except Exception as exc:
+                raise SystemFault(f"{type(exc).__name__} in driver: {exc}", True) from exc
+            spent += time.perf_counter() - began
+            expected = (stop - start, self.detector.samples)
+            if trace.shape != expected:
+                raise SystemFault(f"{self.detector.name} returned shape {list(trace.shape)}, "
+                                  f"expected {list(expected)}", True)
+            y[start:stop] = self.config.decode(trace)
+        return y, spent

@@ -1,0 +1,189 @@
+"""One worker thread per physical system: measures its queued requests one at a time.
+
+Contract:
+
+* ``submit(job)`` queues a checked forward request; it raises ``queue.Full`` when ``queue_depth``
+  requests already wait (the server answers ``busy``). Jobs are measured in arrival order.
+* For each job the worker measures, takes consecutive sequence numbers for the rows, records
+  the measurement (durably, before the reply leaves), and hands the reply frames to the server
+  thread through its own PUSH socket (ZeroMQ sockets are not shared between threads).
+* An instrument fault answers ``instrument_fault`` (with the driver's ``retryable``), counts an
+  error, publishes an event, and reopens the instruments with exponential backoff before the
+  next job. The worker never dies of a driver exception.
+* ``stop()`` fails every job still queued and ends the thread after the job in hand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zmq
+
+from labd.daemon.recording import Measurement, Recorder, SequenceCounter
+from labd.daemon.system import PhysicalSystem, SystemFault
+from protocols.frames import Buffer, error_reply, ok_reply
+from protocols.v1 import ErrorCode
+
+log = logging.getLogger("labd.worker")
+
+REOPEN_BACKOFF_S = (0.05, 0.2, 1.0, 5.0)
+
+
+@dataclass(slots=True)
+class Job:
+    envelope: list[bytes]  # routing identity and, for REQ/DEALER, the empty delimiter
+    client: str  # who asked: the key's name with CURVE, else the routing identity in hex
+    request_id: str
+    x: np.ndarray
+    theta: np.ndarray
+    received: float  # time.time() on arrival
+
+
+def pipe_message(kind: bytes, job: Job, frames: list[Buffer]) -> list[Buffer]:
+    """What a worker sends to the server thread: kind, request id, envelope size, envelope,
+    reply frames."""
+    return [kind, job.request_id.encode(), str(len(job.envelope)).encode(), *job.envelope,
+            *frames]
+
+
+def measure_job(system: PhysicalSystem, job: Job, sequence: SequenceCounter,
+                recorder: Recorder | None) -> tuple[list[Buffer], SystemFault | None]:
+    """Measure one job; return the reply frames and the fault, if one happened.
+
+    On success the rows get consecutive sequence numbers and the measurement is recorded
+    (durably) before the reply frames exist.
+    """
+    try:
+        y, elapsed = system.measure(job.x, job.theta)
+    except SystemFault as fault:
+        log.warning("%s: instrument fault: %s", system.name, fault)
+        return error_reply(job.request_id, ErrorCode.INSTRUMENT_FAULT, str(fault),
+                           fault.retryable), fault
+    seq = sequence.take(job.x.shape[0])
+    if recorder is not None:
+        recorder.record(Measurement(
+            system=system.name, seq=seq, client=job.client, request_id=job.request_id,
+            x=job.x, theta=job.theta, y=y, received=job.received, done=time.time(),
+            elapsed_s=elapsed))
+    return ok_reply(job.request_id, {"seq": seq, "elapsed_s": elapsed}, [("y", y)]), None
+
+
+class SystemWorker(threading.Thread):
+    def __init__(self, system: PhysicalSystem, context: zmq.Context, pipe_endpoint: str,
+                 sequence: SequenceCounter, recorder: Recorder | None,
+                 queue_depth: int) -> None:
+        super().__init__(name=f"labd-{system.name}", daemon=True)
+        self.system = system
+        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=queue_depth)
+        self._context = context
+        self._pipe_endpoint = pipe_endpoint
+        self._sequence = sequence
+        self._recorder = recorder if system.config.record else None
+        self.served = 0
+        self.errors = 0
+        self.active = False
+        self.faulted = False
+        self._fault_count = 0
+        self._stopping = False
+        self._push: zmq.Socket | None = None
+
+    # -- called from the server thread --------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        if self._stopping:
+            raise queue.Full
+        self.jobs.put_nowait(job)
+
+    def state(self) -> str:
+        if self.faulted:
+            return "fault"
+        return "busy" if self.active or not self.jobs.empty() else "ready"
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.jobs.put(None)
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self._push = self._context.socket(zmq.PUSH)
+        self._push.setsockopt(zmq.LINGER, 1000)
+        self._push.connect(self._pipe_endpoint)
+        try:
+            self._reopen()
+            while True:
+                job = self.jobs.get()
+                if job is None:
+                    break
+                if self._stopping:
+                    self._reply_shutdown(job)
+                    continue
+                if self.faulted:
+                    self._reopen()
+                self.active = True
+                try:
+                    self._serve(job)
+                finally:
+                    self.active = False
+            while True:  # answer what arrived behind the stop marker
+                try:
+                    job = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    self._reply_shutdown(job)
+        finally:
+            self.system.close()
+            self._push.close()
+
+    def _serve(self, job: Job) -> None:
+        frames, fault = measure_job(self.system, job, self._sequence, self._recorder)
+        if fault is None:
+            self.served += 1
+        else:
+            self.errors += 1
+            self.faulted = True
+            self._event("fault", {"system": self.system.name, "message": str(fault),
+                                  "retryable": fault.retryable})
+        self._send(b"forward", job, frames)
+
+    def _reopen(self) -> None:
+        """Close and open the instruments, backing off while they keep failing."""
+        while not self._stopping:
+            self.system.close()
+            try:
+                self.system.open()
+            except Exception as exc:  # noqa: BLE001 - any driver failure: back off, retry
+                delay = REOPEN_BACKOFF_S[min(self._fault_count, len(REOPEN_BACKOFF_S) - 1)]
+                self._fault_count += 1
+                self.faulted = True
+                log.warning("%s: cannot open instruments (%s); retrying in %.2f s",
+                            self.system.name, exc, delay)
+                time.sleep(delay)
+                continue
+            if self.faulted:
+                log.info("%s: instruments reopened", self.system.name)
+                self._event("ready", {"system": self.system.name})
+            self.faulted = False
+            self._fault_count = 0
+            return
+
+    def _reply_shutdown(self, job: Job) -> None:
+        self._send(b"forward", job, error_reply(
+            job.request_id, ErrorCode.BUSY, "the daemon is shutting down; retry when it is back",
+            retryable=True))
+
+    def _send(self, kind: bytes, job: Job, frames: list[Buffer]) -> None:
+        assert self._push is not None
+        self._push.send_multipart(pipe_message(kind, job, frames), copy=False)
+
+    def _event(self, topic: str, body: dict[str, Any]) -> None:
+        assert self._push is not None
+        self._push.send_multipart([b"event", topic.encode(), json.dumps(body).encode()])

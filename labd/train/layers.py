@@ -1,0 +1,228 @@
+"""Physical layers and the physics-aware training (PAT) autograd function.
+
+``PhysicalLayer`` holds the trainable parameters ``theta`` of one physical system (optionally
+``units`` independent copies used side by side, e.g. several SHG passes in one hybrid layer) and
+computes ``y = f(x, theta)`` in one of three ways, chosen by ``layer.path``:
+
+* ``"pat"``: the hardware computes ``y`` (one daemon request per batch); the backward pass is the
+  vector-Jacobian product of the digital model ``f_m`` (a twin or the nominal model) evaluated
+  at the same ``(x, theta)`` that went to the hardware, with ``dL/dy`` taken at the *measured*
+  ``y``. Gradients reach ``theta`` and ``x`` (so earlier layers train too).
+* ``"model"``: ``f_m`` forward and backward, entirely digital (in-silico and twin training).
+* ``"hardware"``: the hardware, without gradients (evaluation of any mode on the device).
+
+Range handling. ``theta = lo + (hi - lo) * sigmoid(raw)`` with ``raw`` the trainable tensor: the
+parameters can never leave the system's declared ``param_range`` (the daemon would refuse them)
+and no penalty weight has to be tuned; the price, small gradients for parameters pinned at an
+edge, has not mattered in practice. Inputs reach the range through ``Rescale``: the paper's
+digital element-wise affine ``a * y + b`` between layers, squashed into ``input_range`` by a
+sigmoid (default; keeps a gradient everywhere) or a hard sigmoid (a clamp: exactly affine
+inside the range).
+
+The digital model is *not* a submodule: the task loss must never train the twin. It is reached
+through ``layer.model``; ``layer.recorder`` (a callable taking ``(x, theta, y)`` numpy arrays),
+when set, receives every hardware measurement made in ``pat`` path, for twin refinement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from labd.train.hardware import Hardware
+
+Path = Literal["pat", "model", "hardware"]
+Recorder = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+
+
+class PATFunction(torch.autograd.Function):
+    """Forward on the hardware, backward through the digital model at the same point."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, theta: torch.Tensor,  # type: ignore[override]
+                layer: PhysicalLayer) -> torch.Tensor:
+        y = layer.measure(x.detach(), theta.detach())
+        ctx.save_for_backward(x, theta)
+        ctx.layer = layer
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        x, theta = ctx.saved_tensors
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(ctx.needs_input_grad[0])
+            tg = theta.detach().requires_grad_(True)
+            y_model = ctx.layer.model(xg, tg)
+            wrt = [t for t in (xg, tg) if t.requires_grad]
+            grads = torch.autograd.grad(y_model, wrt, grad_y)
+        gx = grads[0] if ctx.needs_input_grad[0] else None
+        return gx, grads[-1], None
+
+
+class PhysicalLayer(nn.Module):
+    """``units`` copies of one system: x ``[B, units*input_dim]`` -> y ``[B, units*output_dim]``."""
+
+    def __init__(self, description: dict[str, Any], model: nn.Module,
+                 hardware: Hardware | None = None, units: int = 1,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.description = dict(description)
+        self.system = str(description["name"])
+        self.input_dim = int(description["input_dim"])
+        self.param_dim = int(description["param_dim"])
+        self.output_dim = int(description["output_dim"])
+        self.input_range = tuple(float(v) for v in description["input_range"])
+        self.param_range = tuple(float(v) for v in description["param_range"])
+        self.units = units
+        self.hardware = hardware
+        self.path: Path = "pat"
+        self.recorder: Recorder | None = None
+        object.__setattr__(self, "_model", model)  # deliberately not a submodule
+        u = torch.rand(units, self.param_dim, generator=generator) * 0.8 + 0.1
+        self.raw_theta = nn.Parameter(torch.logit(u))
+
+    @property
+    def model(self) -> nn.Module:
+        return self._model  # type: ignore[no-any-return]
+
+    @model.setter
+    def model(self, model: nn.Module) -> None:
+        object.__setattr__(self, "_model", model)
+
+    def theta(self) -> torch.Tensor:
+        """Parameters in the system's range, ``[units, param_dim]``."""
+        lo, hi = self.param_range
+        return lo + (hi - lo) * torch.sigmoid(self.raw_theta)
+
+    def _rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-shot inputs ``[B*units, input_dim]`` and parameters (``[P]`` or per row)."""
+        batch = x.shape[0]
+        rows = x.reshape(batch * self.units, self.input_dim)
+        theta = self.theta()
+        if self.units == 1:
+            return rows, theta[0]
+        return rows, theta.repeat(batch, 1)
+
+    def measure(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """One hardware request for per-shot rows; records the shots if a recorder is set."""
+        if self.hardware is None:
+            raise RuntimeError(f"layer on {self.system!r} has no hardware to measure on")
+        xn = x.numpy()
+        tn = theta.numpy()
+        y = self.hardware.forward(xn, tn)
+        if self.recorder is not None:
+            self.recorder(xn, tn, y)
+        return torch.from_numpy(y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        rows, theta = self._rows(x)
+        if self.path == "pat":
+            y = PATFunction.apply(rows, theta, self)
+        elif self.path == "model":
+            y = self.model(rows, theta)
+        else:
+            with torch.no_grad():
+                y = self.measure(rows.detach(), theta.detach())
+        return y.reshape(batch, self.units * self.output_dim)
+
+
+class Rescale(nn.Module):
+    """Digital element-wise ``squash(a * y + b)`` into ``[lo, hi]`` (the paper's rescaling)."""
+
+    def __init__(self, features: int, out_range: tuple[float, float],
+                 squash: Literal["sigmoid", "hard"] = "sigmoid") -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.ones(features))
+        self.b = nn.Parameter(torch.zeros(features))
+        self.lo, self.hi = (float(v) for v in out_range)
+        self.squash = squash
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        z = self.a * y + self.b
+        s = torch.sigmoid(z) if self.squash == "sigmoid" else torch.clamp(0.5 + z / 4, 0.0, 1.0)
+        return self.lo + (self.hi - self.lo) * s
+
+    @torch.no_grad()
+    def init_from(self, y: torch.Tensor, spread: float = 1.5) -> None:
+        """Standardise ``y`` (per element) so the batch spans about ``±spread`` before squash."""
+        mean = y.mean(0)
+        std = y.std(0).clamp_min(1e-6 * (y.abs().mean() + 1e-12))
+        self.a.copy_(spread / std)
+        self.b.copy_(-spread * mean / std)
+
+
+class GroupReadout(nn.Module):
+    """Class scores from a physical layer's outputs: the mean of each class's bins.
+
+    The ``features`` outputs are cut into ``n_classes`` contiguous groups of
+    ``features // n_classes`` bins (any remainder unused), as the paper read classes from summed
+    spectral bins. The only digital parameter is one scalar gain (a softmax temperature) and the
+    standardisation fixed at initialisation, both applied identically to every class.
+    """
+
+    def __init__(self, features: int, n_classes: int) -> None:
+        super().__init__()
+        if features < n_classes:
+            raise ValueError(f"{features} outputs cannot be grouped into {n_classes} classes")
+        self.width = features // n_classes
+        self.n_classes = n_classes
+        self.gain = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("center", torch.tensor(0.0))
+        self.register_buffer("scale", torch.tensor(1.0))
+
+    def scores(self, y: torch.Tensor) -> torch.Tensor:
+        used = y[:, : self.width * self.n_classes]
+        return used.reshape(y.shape[0], self.n_classes, self.width).mean(2)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.gain * (self.scores(y) - self.center) / self.scale
+
+    @torch.no_grad()
+    def init_from(self, y: torch.Tensor, spread: float = 3.0) -> None:
+        s = self.scores(y)
+        self.center.copy_(s.mean())
+        self.scale.copy_(s.std().clamp_min(1e-12) / spread)
+
+
+class PhysicalNetwork(nn.Module):
+    """A sequence of blocks (physical layers, rescalings, digital layers) ending in scores.
+
+    ``set_path`` switches every physical layer at once; ``physical_layers()`` lists them.
+    """
+
+    def __init__(self, blocks: list[nn.Module]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def physical_layers(self) -> list[PhysicalLayer]:
+        return [b for b in self.blocks if isinstance(b, PhysicalLayer)]
+
+    def set_path(self, path: Path) -> None:
+        for layer in self.physical_layers():
+            layer.path = path
+
+    def forward(self, x: torch.Tensor, keep: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Scores; if ``keep`` is a list, each physical layer's output is appended to it."""
+        for block in self.blocks:
+            x = block(x)
+            if keep is not None and isinstance(block, PhysicalLayer):
+                keep.append(x.detach())
+        return x
+
+    @torch.no_grad()
+    def initialise(self, x: torch.Tensor) -> None:
+        """Data-dependent initialisation of rescalings and readout from a batch ``x``.
+
+        Runs the batch block by block along the current path and standardises each
+        ``Rescale``/``GroupReadout`` on what actually reaches it (the paper's rescaling needs
+        a sensible scale before training; the outputs of a physical layer can be anywhere).
+        """
+        for block in self.blocks:
+            if isinstance(block, Rescale | GroupReadout):
+                block.init_from(x)
+            x = block(x)
