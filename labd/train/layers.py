@@ -116,7 +116,7 @@ class PhysicalLayer(nn.Module):
         y = self.hardware.forward(xn, tn)
         if self.recorder is not None:
             self.recorder(xn, tn, y)
-        return torch.from_numpy(y)
+        return torch.from_numpy(np.array(y))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]

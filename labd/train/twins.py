@@ -20,6 +20,7 @@ Contract:
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -127,7 +128,7 @@ class Twin(nn.Module):
         self.register_buffer("y_std", torch.ones(n_y))
         sizes = [n_x + n_p, *self.hidden, n_y]
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             layers.append(nn.Linear(a, b))
             if i < len(sizes) - 2:
                 layers.append(nn.SiLU())
@@ -206,7 +207,7 @@ def _train(twin: Twin, x: torch.Tensor, theta: torch.Tensor, y: torch.Tensor, ep
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         bar.set_postfix(loss=f"{total / len(y):.4g}")
 
 
@@ -226,12 +227,12 @@ def fit_twin(data: TwinData | Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]
     gen = torch.Generator().manual_seed(seed)
     n = len(data.y)
     perm = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(n * holdout)))
+    n_val = max(1, round(n * holdout))
     val, tr = perm[:n_val], perm[n_val:]
     twin = Twin(description, family, hidden)
     train_part = TwinData(data.x[tr], data.theta[tr], data.y[tr])
     twin.calibrate(train_part)
-    report: dict[str, Any] = {"family": family, "n_train": int(len(tr)), "n_holdout": int(n_val)}
+    report: dict[str, Any] = {"family": family, "n_train": len(tr), "n_holdout": int(n_val)}
     if twin.nominal is not None:
         report["nominal_nrmse"] = nrmse(twin.nominal, data.x[val], data.theta[val], data.y[val])
         report["calibrated_nominal_nrmse"] = nrmse(twin, data.x[val], data.theta[val],
@@ -252,7 +253,7 @@ def provenance(data: TwinData, description: dict[str, Any]) -> dict[str, Any]:
     return {
         "system": description.get("name"),
         "description": description,
-        "n_samples": int(len(data.y)),
+        "n_samples": len(data.y),
         "repeats": int(data.repeats),
         "x_range": [float(data.x.min()), float(data.x.max())],
         "theta_range": [float(data.theta.min()), float(data.theta.max())],

@@ -1,0 +1,89 @@
+"""Figures of a run and of a twin (matplotlib, Agg backend: files only, no display).
+
+* ``learning_curves(rows, path)``: train accuracy (training path) and test accuracy (measured
+  on the hardware; and on the digital model in the digital modes) per epoch.
+* ``confusion(matrix, path)``: the test confusion matrix on the hardware.
+* ``physical_outputs(examples, labels, path)``: each physical layer's measured outputs for a
+  few test samples.
+* ``twin_scatter(pred, measured, path)``: a twin's predictions against measurements.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def learning_curves(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [r["epoch"] for r in rows]
+    ax.plot(epochs, [r["train_acc"] for r in rows], label="train (training path)")
+    ax.plot(epochs, [r["test_acc"] for r in rows], label="test (hardware)")
+    if any(r.get("test_acc_model") is not None for r in rows):
+        ax.plot(epochs, [r.get("test_acc_model") for r in rows], "--",
+                label="test (digital model)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def confusion(matrix: np.ndarray, path: str | Path, title: str = "") -> None:
+    k = matrix.shape[0]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * k, 1 + 0.45 * k))
+    ax.imshow(matrix, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def physical_outputs(examples: list[np.ndarray], labels: np.ndarray, path: str | Path) -> None:
+    n = len(examples)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3), squeeze=False)
+    for i, (ax, ys) in enumerate(zip(axes[0], examples, strict=True)):
+        for y, label in zip(ys, labels, strict=False):
+            ax.plot(y, lw=1, label=str(int(label)))
+        ax.set_title(f"physical layer {i + 1}")
+        ax.set_xlabel("output element")
+    axes[0][0].set_ylabel("measured y")
+    axes[0][-1].legend(title="class", fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def twin_scatter(pred: np.ndarray, measured: np.ndarray, path: str | Path,
+                 title: str = "") -> None:
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    p, m = pred.ravel(), measured.ravel()
+    if len(p) > 20000:
+        idx = np.random.default_rng(0).choice(len(p), 20000, replace=False)
+        p, m = p[idx], m[idx]
+    ax.scatter(m, p, s=2, alpha=0.3)
+    lo, hi = float(min(m.min(), p.min())), float(max(m.max(), p.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set_xlabel("measured y")
+    ax.set_ylabel("twin prediction")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
