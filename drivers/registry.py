@@ -23,6 +23,12 @@ DRIVERS: dict[str, str] = {
     "sim.adc": "drivers.sim.instruments:SimADC",
     "sim.pulse_shaper": "drivers.sim.instruments:SimPulseShaper",
     "sim.spectrometer": "drivers.sim.instruments:SimSpectrometer",
+    "keysight.33500b": "drivers.visa.keysight_33500b:Keysight33500B",
+    "keysight.infiniivision": "drivers.visa.keysight_scope:KeysightInfiniiVision",
+    "yokogawa.aq6370": "drivers.visa.yokogawa_aq6370:YokogawaAQ6370",
+    "serial.pulse_shaper": "drivers.serial.pulse_shaper:SerialPulseShaper",
+    "serial.daq_dac": "drivers.serial.serial_daq:SerialDaqDAC",
+    "serial.daq_adc": "drivers.serial.serial_daq:SerialDaqADC",
 }
 
 #: System kind -> "module:Class" of its simulated bench.

@@ -1,0 +1,162 @@
+"""Keysight (Agilent) InfiniiVision oscilloscope as a ``Detector`` (digitiser use).
+
+Family: InfiniiVision 1000X, 2000X, 3000X/3000T, 4000X, 6000X (DSOX/MSOX/EDUX models), same
+``:WAVeform`` subsystem, over LAN or USB.
+
+One batch of B shots is one single-shot acquisition of ``B * samples`` points at
+``sample_rate`` samples/s, started by the drive's trigger (an edge on ``trigger_source``,
+normally ``EXTernal`` wired to the AWG's Sync output), with the first point ``delay_s``
+after the trigger. The record is scaled to volts with the waveform preamble, resampled onto
+that time grid if the scope returned another number of points, and split into B rows.
+
+Commands (``{c}`` is ``channel``):
+
+==============================================  ============================================
+``*IDN?``, ``*CLS``, ``:STOP``                  identity check, clear, stop
+``:CHAN{c}:DISP ON``, ``:CHAN{c}:RANG v``, ``:CHAN{c}:OFFS v``  input full scale and offset (V)
+``:TRIG:MODE EDGE``, ``:TRIG:EDGE:SOUR src``, ``:TRIG:EDGE:SLOP POS``, ``:TRIG:EDGE:LEV v``,
+``:TRIG:SWE NORM``                              wait for a real trigger
+``:TIM:REF LEFT``, ``:TIM:POS s``, ``:TIM:RANG s``  time window after the trigger
+``:ACQ:TYPE NORM``, ``:WAV:SOUR CHAN{c}``, ``:WAV:FORM WORD|BYTE``, ``:WAV:BYT LSBF``,
+``:WAV:UNS 0``, ``:WAV:POIN:MODE RAW``, ``:WAV:POIN n``  signed codes, little endian
+``:SING``, ``:AER?``                            arm one acquisition; wait until armed
+``:OPER:COND?``                                 bit 3 (Run) clears when the record is taken
+``:WAV:PRE?``                                   format, type, points, count, x increment (s),
+                                                x origin (s), x reference, y increment (V),
+                                                y origin (V), y reference
+``:WAV:DATA?``                                  the codes, one definite-length block
+``:SYST:ERR?``                                  checked after set-up
+==============================================  ============================================
+
+``volts = (code - y_reference) * y_increment + y_origin``;
+``time = (index - x_reference) * x_increment + x_origin``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from drivers.base import Detector, InstrumentError
+from drivers.visa.scpi import ScpiLink
+
+IDN_PATTERN = r"(Agilent|Keysight) Technologies,(DSO|MSO|EDU)[A-Z]*\d"
+RUN_BIT = 8
+DTYPES = {"WORD": "<i2", "BYTE": "i1"}
+
+
+@dataclass(frozen=True)
+class Preamble:
+    """The ten fields of ``:WAVeform:PREamble?``."""
+
+    format: int
+    type: int
+    points: int
+    count: int
+    x_increment: float
+    x_origin: float
+    x_reference: float
+    y_increment: float
+    y_origin: float
+    y_reference: float
+
+    @classmethod
+    def parse(cls, reply: str) -> Preamble:
+        fields = reply.split(",")
+        if len(fields) != 10:
+            raise ValueError(f"a preamble has 10 fields, got {len(fields)}: {reply!r}")
+        v = [float(f) for f in fields]
+        return cls(int(v[0]), int(v[1]), int(v[2]), int(v[3]), *v[4:])
+
+    def volts(self, codes: np.ndarray) -> np.ndarray:
+        return (codes.astype(np.float64) - self.y_reference) * self.y_increment + self.y_origin
+
+    def times(self, n: int) -> np.ndarray:
+        return (np.arange(n) - self.x_reference) * self.x_increment + self.x_origin
+
+
+class KeysightInfiniiVision(Detector):
+    def __init__(self, name: str, samples: int, resource: str, library: str = "",
+                 sample_rate: float = 1e6, channel: int = 1, v_range: float = 8.0,
+                 v_offset: float = 0.0, trigger_source: str = "EXTernal",
+                 trigger_level: float = 1.0, delay_s: float = 0.0, format: str = "WORD",
+                 timeout_s: float = 5.0, acquire_timeout_s: float = 10.0) -> None:
+        super().__init__(name, samples)
+        fmt = format.upper()
+        if fmt not in DTYPES:
+            raise ValueError(f"{name}: format must be WORD or BYTE, got {format!r}")
+        if channel not in (1, 2, 3, 4):
+            raise ValueError(f"{name}: channel must be 1..4, got {channel}")
+        if not 0 < v_range <= 400:
+            raise ValueError(f"{name}: v_range {v_range:g} V outside (0, 400]")
+        if sample_rate <= 0:
+            raise ValueError(f"{name}: sample_rate must be positive")
+        self.sample_rate = float(sample_rate)
+        self.channel = channel
+        self.v_range = float(v_range)
+        self.v_offset = float(v_offset)
+        self.trigger_source = trigger_source
+        self.trigger_level = float(trigger_level)
+        self.delay_s = float(delay_s)
+        self.format = fmt
+        self.acquire_timeout_s = float(acquire_timeout_s)
+        self.link = ScpiLink(name, resource, library, timeout_s)
+        self.idn = ""
+        self._shots = 0
+
+    def open(self) -> None:
+        c = self.channel
+        self.link.open()
+        self.idn = self.link.identify(IDN_PATTERN)
+        for command in ("*CLS", ":STOP", f":CHAN{c}:DISP ON",
+                        f":CHAN{c}:RANG {self.v_range:.6g}", f":CHAN{c}:OFFS {self.v_offset:.6g}",
+                        ":TRIG:MODE EDGE", f":TRIG:EDGE:SOUR {self.trigger_source}",
+                        ":TRIG:EDGE:SLOP POS", f":TRIG:EDGE:LEV {self.trigger_level:.6g}",
+                        ":TRIG:SWE NORM", ":TIM:REF LEFT", f":TIM:POS {self.delay_s:.6g}",
+                        ":ACQ:TYPE NORM", f":WAV:SOUR CHAN{c}", f":WAV:FORM {self.format}",
+                        ":WAV:BYT LSBF", ":WAV:UNS 0", ":WAV:POIN:MODE RAW"):
+            self.link.write(command)
+        self.link.check_errors("open", ":SYST:ERR?")
+        self.is_open = True
+
+    def close(self) -> None:
+        self.link.close()
+        self.is_open = False
+
+    def identify(self) -> str:
+        return self.link.identify(IDN_PATTERN)
+
+    def health(self) -> dict[str, object]:
+        return {"open": self.is_open, "idn": self.idn, "sample_rate": self.sample_rate}
+
+    def arm(self, shots: int) -> None:
+        points = shots * self.samples
+        self.link.write(f":TIM:RANG {points / self.sample_rate:.6g}")
+        self.link.write(f":WAV:POIN {points}")
+        self.link.write(":SING")
+        self.link.wait_for(":AER?", lambda r: r.strip("+") == "1", self.acquire_timeout_s)
+        self._shots = shots
+
+    def read(self) -> np.ndarray:
+        if self._shots < 1:
+            raise InstrumentError(self.name, "read() without arm()", ":WAV:DATA?",
+                                  retryable=False)
+        shots, self._shots = self._shots, 0
+        self.link.wait_for(":OPER:COND?", lambda r: not int(r) & RUN_BIT,
+                           self.acquire_timeout_s)
+        reply = self.link.query(":WAV:PRE?")
+        try:
+            pre = Preamble.parse(reply)
+        except ValueError as exc:
+            raise InstrumentError(self.name, str(exc), ":WAV:PRE?", retryable=False) from None
+        codes = np.frombuffer(self.link.query_block(":WAV:DATA?"), DTYPES[self.format])
+        if codes.size < 2:
+            raise InstrumentError(self.name, f"the record holds {codes.size} points",
+                                  ":WAV:DATA?")
+        volts = pre.volts(codes)
+        points = shots * self.samples
+        if codes.size != points or not np.isclose(pre.x_increment * self.sample_rate, 1.0):
+            grid = self.delay_s + np.arange(points) / self.sample_rate
+            volts = np.interp(grid, pre.times(codes.size), volts)
+        return volts.reshape(shots, self.samples)
