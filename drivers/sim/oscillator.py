@@ -1,0 +1,91 @@
+"""Simulated bench of the nonlinear analog oscillator: DAQ -> RLC tank + junction -> ADC.
+
+The same integrator as the nominal model (``drivers.physics.oscillator.integrate``), run on a
+device whose hidden, seeded parameters differ from the nominal ones:
+
+* component tolerances, uniform within the band: R +-5 %, C +-5 %, L +-10 %;
+* the junction: I_s a factor exp(N(0, 0.4)) off, n off by N(0, 0.04) (relative);
+* DAC gain 1 +- 2 %, offset +-10 mV; ADC gain 1 +- 2 %, offset +-5 mV;
+* temperature wander of +-3 K (RMS 2.1 K, periods 7, 19 and 47 min of bench time) that moves
+  the junction (I_s doubles per 10 K, n V_T proportional to T) and the coil resistance
+  (+0.39 %/K, copper).
+
+Noise, per shot: 3 mV RMS white noise on the DAC output (amplifier), a 1.5 % RMS gain jitter of
+the DAC reference, ~1 mV RMS ADC noise; the ADC quantises to 14 bits over +-2.5 V and clips.
+Together about 1-3 % relative std per output bin of the default system at mid-range drive.
+
+Timing: ``shot_s`` (bench option, default 2 ms: 784 us of playback plus re-arming the DAQ);
+the drift clock advances by ``shot_s`` per shot in both timings. Bench options ``imperfection``
+and ``noise`` (default 1) scale every hidden deviation and every noise source, e.g. 0 and 0 for
+a bench that reproduces the nominal model exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from drivers.physics.encoding import Mapping
+from drivers.physics.oscillator import K_OVER_Q, integrate, oscillator_params
+from drivers.sim.bench import Bench, Timing
+from drivers.sim.drift import Drift, shot_times
+
+ADC_BITS = 14
+ADC_RANGE = 2.5  # volts, +- full scale
+
+
+class OscillatorBench(Bench):
+    def __init__(self, mapping: Mapping, physics: dict[str, Any], seed: int = 0,
+                 timing: Timing = "fast", shot_s: float = 2e-3, imperfection: float = 1.0,
+                 noise: float = 1.0) -> None:
+        super().__init__(mapping, physics, seed, timing)
+        self.params = oscillator_params(physics)
+        self.samples = mapping.channels
+        self.shot_s = float(shot_s)
+        self.noise = float(noise)
+        rng, k = self.device_rng, float(imperfection)
+        p = self.params
+        self.device = {
+            "R": p["R"] * (1 + k * rng.uniform(-0.05, 0.05)),
+            "L": p["L"] * (1 + k * rng.uniform(-0.10, 0.10)),
+            "C": p["C"] * (1 + k * rng.uniform(-0.05, 0.05)),
+            "I_s": p["I_s"] * np.exp(k * rng.normal(0, 0.7)),
+            "n": p["n"] * (1 + k * rng.normal(0, 0.08)),
+            "dac_gain": 1 + k * rng.uniform(-0.02, 0.02),
+            "dac_offset": k * rng.uniform(-0.010, 0.010),
+            "adc_gain": p["adc_gain"] * (1 + k * rng.uniform(-0.02, 0.02)),
+            "adc_offset": k * rng.uniform(-0.005, 0.005),
+            "temperature_swing": 5.0 * k,
+        }
+        self.drift = Drift(rng, (420.0, 1140.0, 2820.0))
+
+    def hidden(self) -> dict[str, Any]:
+        return dict(self.device)
+
+    def temperature(self, times_s: np.ndarray) -> np.ndarray:
+        """Device temperature (K) at bench-clock times (s)."""
+        swing = self.device["temperature_swing"] / np.sqrt(2)  # about +-5 K peak, RMS 3.5 K
+        return self.params["temperature"] + swing * self.drift(times_s)
+
+    def _respond(self, patterns: np.ndarray) -> np.ndarray:
+        batch = patterns.shape[0]
+        d, p, rng = self.device, self.params, self.noise_rng
+        temp = self.temperature(shot_times(self.shots, batch, self.shot_s))
+        delta = temp - p["temperature"]
+        gain = d["dac_gain"] * (1 + self.noise * 0.015 * rng.standard_normal((batch, 1)))
+        drive = patterns * gain + d["dac_offset"]
+        if self.noise:
+            drive = drive + self.noise * 0.003 * rng.standard_normal(drive.shape)
+        v = integrate(np.ascontiguousarray(drive, dtype=np.float64),
+                      r=d["R"] * (1 + 3.9e-3 * delta), ell=np.full(batch, d["L"]),
+                      c=d["C"] * (1 - 1e-3 * delta), i_s=d["I_s"] * 2.0 ** (delta / 5),
+                      nvt=d["n"] * K_OVER_Q * temp,
+                      dt=1.0 / (p["sample_rate"] * p["substeps"]), substeps=p["substeps"],
+                      states=np.empty((0, 0, 0)))
+        read = v * d["adc_gain"] + (d["adc_offset"] + 5e-4 * delta)[:, None]
+        if self.noise:
+            read += self.noise * 0.001 * rng.standard_normal(read.shape)
+            lsb = 2 * ADC_RANGE / 2 ** ADC_BITS
+            read = np.clip(np.round(read / lsb) * lsb, -ADC_RANGE, ADC_RANGE - lsb)
+        return read
