@@ -21,7 +21,7 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -48,6 +48,15 @@ class ServerConfig(_Config):
 class StoreConfig(_Config):
     #: SQLite file; empty string records nothing. ``~`` is expanded.
     path: str = "~/.local/share/labd/measurements.sqlite"
+    #: "normal": a measurement whose reply left survives a crash of the daemon (kill -9);
+    #: "full": also survives power loss or an OS crash (one fsync per commit; slower).
+    synchronous: Literal["normal", "full"] = "normal"
+    #: Delete the oldest measurements when the database exceeds this many bytes (0: no limit).
+    max_bytes: int = Field(0, ge=0)
+    #: Delete measurements older than this many days (0: keep forever).
+    max_age_days: float = Field(0.0, ge=0)
+    #: Seconds between two pruning passes of the running daemon (one also runs at start).
+    prune_interval_s: float = Field(600.0, gt=0)
 
 
 class InstrumentConfig(BaseModel):
@@ -79,6 +88,8 @@ class SystemConfig(Mapping):
     record: bool = True
     #: Seconds one instrument call may take before the system is declared faulted.
     timeout_s: float = Field(60.0, gt=0)
+    #: Requests waiting before ``busy``; the server's ``queue_depth`` when not set.
+    queue_depth: int | None = Field(None, ge=1)
     #: Measure on the server thread: only for instantaneous systems (loopback).
     inline: bool = False
 

@@ -20,23 +20,25 @@ nominal models (torch, differentiable), so both see exactly the same mapping.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-try:  # torch is optional on the daemon side; the functions below accept either array kind
-    import torch
-except ImportError:  # pragma: no cover - labd depends on torch, but drivers need not
-    torch = None  # type: ignore[assignment]
-
 
 def _is_torch(a: Any) -> bool:
-    return torch is not None and isinstance(a, torch.Tensor)
+    """Whether ``a`` is a torch tensor. Checked by type name so that numpy callers (the daemon)
+    never pay torch's import time; when it is a tensor, torch is already imported."""
+    return type(a).__module__.startswith("torch")
+
+
+def _torch() -> Any:
+    return sys.modules["torch"]
 
 
 def _cat(parts: list[Any], axis: int) -> Any:
-    return torch.cat(parts, dim=axis) if _is_torch(parts[0]) else np.concatenate(parts, axis)
+    return _torch().cat(parts, dim=axis) if _is_torch(parts[0]) else np.concatenate(parts, axis)
 
 
 class Encoding(BaseModel):
@@ -74,7 +76,7 @@ class Encoding(BaseModel):
             return _cat([x, theta], 1)
         if self.layout == "add":
             return x + theta
-        stacked = torch.stack([x, theta], dim=2) if _is_torch(x) else np.stack([x, theta], 2)
+        stacked = _torch().stack([x, theta], dim=2) if _is_torch(x) else np.stack([x, theta], 2)
         return stacked.reshape(batch, -1)
 
     def encode(self, x: Any, theta: Any) -> Any:
@@ -83,14 +85,14 @@ class Encoding(BaseModel):
         if self.scale != 1.0 or self.offset != 0.0:
             u = u * self.scale + self.offset
         if self.hold > 1:
-            u = torch.repeat_interleave(u, self.hold, dim=1) if _is_torch(u) else \
+            u = _torch().repeat_interleave(u, self.hold, dim=1) if _is_torch(u) else \
                 np.repeat(u, self.hold, axis=1)
         if self.pad_before or self.pad_after:
             batch = u.shape[0]
             parts = []
             for n in (self.pad_before, self.pad_after):
                 if _is_torch(u):
-                    parts.append(torch.full((batch, n), self.rest, dtype=u.dtype,
+                    parts.append(_torch().full((batch, n), self.rest, dtype=u.dtype,
                                             device=u.device))
                 else:
                     parts.append(np.full((batch, n), self.rest, dtype=u.dtype))

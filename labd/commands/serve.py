@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if config.store.path:
         from labd.daemon.store import open_store
 
-        recorder = open_store(config.store.path)
+        recorder = open_store(config.store.path, config.store)
     daemon = Daemon(config, recorder)
     try:
         daemon.bind()

@@ -40,6 +40,11 @@ class Recorder(Protocol):
     def record(self, measurement: Measurement) -> None:
         """Store one measurement; durable when this returns."""
 
+    def reserve(self, system: str, seq: int, rows: int) -> None:
+        """A measurement of a system with ``record = false`` took numbers ``seq`` to
+        ``seq + rows - 1``: persist only that (durable when this returns), so ``next_seq``
+        never hands them out again."""
+
     def close(self) -> None: ...
 
 

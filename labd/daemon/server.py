@@ -123,7 +123,8 @@ class Daemon:
                 self.inline_counts[name] = [0, 0]
             else:
                 worker = SystemWorker(system, self.context, PIPE_ENDPOINT, self.sequence,
-                                      self.recorder, server.queue_depth)
+                                      self.recorder,
+                                      system.config.queue_depth or server.queue_depth)
                 self.workers[name] = worker
                 worker.start()
         log.info("serving %s on %s", ", ".join(self.systems), server.control)
@@ -290,8 +291,7 @@ class Daemon:
         job = Job(envelope=envelope, client=envelope[0].hex(), request_id=rid, x=x,
                   theta=theta, received=time.time())
         if system.name in self.inline_counts:
-            frames, fault = measure_job(system, job, self.sequence, self.recorder
-                                        if system.config.record else None)
+            frames, fault = measure_job(system, job, self.sequence, self.recorder)
             self.inline_counts[system.name][0 if fault is None else 1] += 1
             if fault is not None:
                 system.close()
@@ -302,8 +302,8 @@ class Daemon:
             self.workers[system.name].submit(job)
         except queue.Full:
             raise ProtocolError(ErrorCode.BUSY, f"system {system.name!r} has "
-                                f"{self.config.server.queue_depth} requests waiting; retry "
-                                f"later", rid, retryable=True) from None
+                                f"{self.workers[system.name].jobs.maxsize} requests waiting; "
+                                f"retry later", rid, retryable=True) from None
         self._inflight.add(key)
         return None
 

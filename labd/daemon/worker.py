@@ -67,11 +67,13 @@ def measure_job(system: PhysicalSystem, job: Job, sequence: SequenceCounter,
         return error_reply(job.request_id, ErrorCode.INSTRUMENT_FAULT, str(fault),
                            fault.retryable), fault
     seq = sequence.take(job.x.shape[0])
-    if recorder is not None:
+    if recorder is not None and system.config.record:
         recorder.record(Measurement(
             system=system.name, seq=seq, client=job.client, request_id=job.request_id,
             x=job.x, theta=job.theta, y=y, received=job.received, done=time.time(),
             elapsed_s=elapsed))
+    elif recorder is not None:  # not recorded, but its numbers must not be handed out again
+        recorder.reserve(system.name, seq, job.x.shape[0])
     return ok_reply(job.request_id, {"seq": seq, "elapsed_s": elapsed}, [("y", y)]), None
 
 
@@ -85,7 +87,7 @@ class SystemWorker(threading.Thread):
         self._context = context
         self._pipe_endpoint = pipe_endpoint
         self._sequence = sequence
-        self._recorder = recorder if system.config.record else None
+        self._recorder = recorder
         self.served = 0
         self.errors = 0
         self.active = False

@@ -182,7 +182,7 @@ class Trainer:
                 self.sched.step()
                 for refiner in self.refiners:
                     refiner.step()
-                total_loss += float(loss) * len(idx)
+                total_loss += loss.item() * len(idx)
                 correct += int((scores.argmax(1) == y[idx]).sum())
             self.net.eval()
             test_acc = float(np.mean(self.predict(self.data.x_test, "hardware")

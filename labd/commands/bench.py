@@ -1,0 +1,40 @@
+"""``labd bench NAME``: run one benchmark of ``labd.bench`` and print (or save) its figures.
+
+Benchmarks are found by module: every ``labd.bench.NAME`` module with ``DESCRIPTION``,
+``add_arguments(parser)`` and ``main(args) -> dict`` becomes ``labd bench NAME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pkgutil
+from pathlib import Path
+from typing import Any
+
+import labd.bench
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="run a benchmark",
+                       description="Run a benchmark and print its figures.")
+    benches = p.add_subparsers(dest="bench", metavar="NAME", required=True)
+    for info in sorted(pkgutil.iter_modules(labd.bench.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"labd.bench.{info.name}")
+        b = benches.add_parser(info.name, help=module.DESCRIPTION,
+                               description=module.DESCRIPTION)
+        module.add_arguments(b)
+        b.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
+        b.set_defaults(func=run, bench_main=module.main)
+
+
+def run(args: argparse.Namespace) -> int:
+    figures: dict[str, Any] = args.bench_main(args)
+    width = max(map(len, figures), default=0)
+    for key, value in figures.items():
+        shown = f"{value:.6g}" if isinstance(value, float) else value
+        print(f"{key:<{width}}  {shown}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    return 0

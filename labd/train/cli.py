@@ -1,0 +1,188 @@
+"""Command-line entry points of the trainer, for ``labd/cli.py`` to wire in.
+
+Each command has ``add_*_arguments(parser)`` and a function taking the parsed
+``argparse.Namespace`` and returning an exit code; ``register(subparsers)`` adds them all
+(``train``, ``twin collect``, ``twin fit``, ``reproduce``, ``demo``):
+
+* ``labd train (--task vowels|mnist | --data FILE.csv) --system NAME --mode pat|insilico|twin
+  [--endpoint E ...] [--seed N] --out DIR [--epochs N] [--resume]``
+* ``labd twin collect --system S --out FILE.npz [--endpoint E] [--samples N] [--repeats R]``
+* ``labd twin fit --data FILE.npz --out TWIN.pt [--family mlp|residual]``
+* ``labd reproduce [--quick] [--json PATH] [--out DIR] [--seeds N]``
+* ``labd demo [--out DIR]``
+
+Without ``--endpoint`` a local daemon with the embedded default configuration runs for the
+command's duration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from labd.train.datasets import DataError
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--task", choices=["vowels", "mnist"], help="a built-in task")
+    src.add_argument("--data", metavar="FILE.csv",
+                     help="a CSV data set: feature columns, 'label', optional 'split'")
+    p.add_argument("--system", required=True, help="the daemon's system to train on")
+    p.add_argument("--mode", required=True, choices=["pat", "insilico", "twin"],
+                   help="pat: hardware forward, twin backward; insilico: nominal model, then "
+                        "evaluated on the hardware; twin: twin-trained, evaluated on hardware")
+    p.add_argument("--endpoint", action="append", metavar="E",
+                   help="daemon control endpoint; repeat to spread layers over daemons "
+                        "(layer i on endpoint i mod n). Default: start a local daemon")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder")
+    p.add_argument("--epochs", type=int, help="override the design's number of epochs")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    p.add_argument("--twin", metavar="TWIN.pt", help="use this twin instead of fitting one")
+    p.add_argument("--backward", choices=["twin", "nominal"], default="twin",
+                   help="pat mode: the model whose gradient is used (default: twin)")
+    p.add_argument("--refine-twin", action="store_true",
+                   help="pat mode: keep refining the twin on the measurements PAT makes")
+    p.add_argument("--mnist-dir", metavar="DIR", help="directory of the 4 MNIST IDX files")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def train(args: argparse.Namespace) -> int:
+    from labd.train.run import run_training
+
+    try:
+        summary = run_training(task=args.task, data=args.data, system=args.system,
+                               mode=args.mode, out=args.out, endpoints=args.endpoint,
+                               seed=args.seed, epochs=args.epochs, resume=args.resume,
+                               mnist_dir=args.mnist_dir, twin_path=args.twin,
+                               backward=args.backward, refine=args.refine_twin,
+                               progress=not args.no_progress)
+    except DataError as exc:
+        print(f"labd train: {exc}")
+        return 2
+    print(json.dumps({k: summary[k] for k in ("task", "system", "mode", "seed",
+                                              "test_accuracy", "train_accuracy",
+                                              "physical_queries", "wall_s")}, indent=2))
+    return 0
+
+
+def add_twin_collect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--system", required=True)
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="measurements file")
+    p.add_argument("--endpoint", help="daemon endpoint (default: start a local daemon)")
+    p.add_argument("--samples", type=int, default=20000, help="random (x, theta) points")
+    p.add_argument("--repeats", type=int, default=2, help="shots per point, averaged")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def twin_collect(args: argparse.Namespace) -> int:
+    from labd.train.hardware import Connections
+    from labd.train.run import daemon_endpoints
+    from labd.train.twins import collect
+
+    with daemon_endpoints([args.endpoint] if args.endpoint else None) as eps, \
+            Connections() as conns:
+        hw = conns.hardware(eps[0], args.system)
+        data = collect(hw, args.samples, args.repeats, seed=args.seed)
+    data.save(args.out)
+    print(f"{len(data.y)} points x {data.repeats} repeats of {args.system} -> {args.out} "
+          f"(noise std {data.noise_std:.4g})")
+    return 0
+
+
+def add_twin_fit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="FILE.npz", help="from `labd twin collect`")
+    p.add_argument("--out", required=True, metavar="TWIN.pt", help="twin (+ TWIN.json sidecar)")
+    p.add_argument("--family", choices=["mlp", "residual"],
+                   help="default: residual when the system kind has a nominal model")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
+    p.add_argument("--seed", type=int, default=0)
+
+
+def twin_fit(args: argparse.Namespace) -> int:
+    from labd.train import plots
+    from labd.train.run import twin_family
+    from labd.train.twins import TwinData, fit_twin, predict, save_twin
+
+    data = TwinData.load(args.data)
+    family = args.family or twin_family(data.description)
+    twin, report = fit_twin(data, data.description, family, hidden=tuple(args.hidden),
+                            epochs=args.epochs, seed=args.seed)
+    sidecar = save_twin(args.out, twin, report)
+    n = min(2000, len(data.y))
+    png = Path(args.out).with_suffix(".png")
+    plots.twin_scatter(predict(twin, data.x[-n:], data.theta[-n:]), data.y[-n:], png,
+                       f"{data.description.get('name')} twin ({family})")
+    print(f"twin ({family}) held-out NRMSE {report['holdout_nrmse']:.4f} -> {args.out}, "
+          f"{sidecar}, {png}")
+    return 0
+
+
+def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true",
+                   help="MNIST subsets and fewer epochs (pipeline check, minutes)")
+    p.add_argument("--json", metavar="PATH", help="results JSON (default OUT/results.json)")
+    p.add_argument("--out", default="reproduce", metavar="DIR", help="run folders")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--endpoint", help="daemon endpoint (default: start a local daemon)")
+    p.add_argument("--only", action="append", metavar="TASK:SYSTEM:MODE",
+                   help="run only experiments matching this prefix (repeatable)")
+    p.add_argument("--mnist-dir", metavar="DIR")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    from labd.train.reproduce import reproduce as run
+
+    run(args.out, quick=args.quick, seeds=args.seeds, json_path=args.json,
+        endpoint=args.endpoint, only=args.only, mnist_dir=args.mnist_dir,
+        progress=not args.no_progress)
+    return 0
+
+
+def demo(out_dir: str | Path = "demo-run", progress: bool = True) -> dict[str, Any]:
+    """Start a local daemon, train the SHG vowel network with PAT and in silico, print both."""
+    from labd.train.reproduce import table
+    from labd.train.run import daemon_endpoints, run_training
+
+    out = Path(out_dir)
+    results = []
+    with daemon_endpoints(None) as eps:
+        for mode in ("pat", "insilico"):
+            results.append(run_training(task="vowels", system="shg", mode=mode,
+                                        out=out / f"shg-vowels-{mode}", endpoints=eps,
+                                        progress=progress))
+    print(table(results))
+    print(f"plots and summaries in {out}/shg-vowels-pat and {out}/shg-vowels-insilico")
+    return {"results": results}
+
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="demo-run", metavar="DIR")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``train``, ``twin`` (``collect``, ``fit``), ``reproduce`` and ``demo``."""
+    p = sub.add_parser("train", help="train a physical neural network",
+                       description="Train a network of physical layers (PAT, in silico or "
+                                   "twin-trained) and write a run folder.")
+    add_train_arguments(p)
+    p.set_defaults(func=train)
+    twin = sub.add_parser("twin", help="collect data for and fit digital twins")
+    tsub = twin.add_subparsers(dest="twin_command", metavar="ACTION", required=True)
+    p = tsub.add_parser("collect", help="measure random (x, theta) on a system")
+    add_twin_collect_arguments(p)
+    p.set_defaults(func=twin_collect)
+    p = tsub.add_parser("fit", help="fit a twin to collected measurements")
+    add_twin_fit_arguments(p)
+    p.set_defaults(func=twin_fit)
+    p = sub.add_parser("reproduce", help="the paper's experiments on the stand-ins")
+    add_reproduce_arguments(p)
+    p.set_defaults(func=reproduce)
+    p = sub.add_parser("demo", help="SHG vowels: PAT against in silico on a local daemon")
+    add_demo_arguments(p)
+    p.set_defaults(func=lambda a: demo(a.out) and 0)
