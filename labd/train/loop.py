@@ -130,9 +130,13 @@ class Trainer:
         path = self.dir / "metrics.csv"
         if not path.exists():
             return []
+        def value(key: str, text: str) -> float | int | None:
+            if text == "":
+                return None
+            return int(text) if key in ("epoch", "physical_queries") else float(text)
+
         with path.open(newline="") as fh:
-            return [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()}
-                    for r in csv.DictReader(fh)]
+            return [{k: value(k, v) for k, v in r.items()} for r in csv.DictReader(fh)]
 
     def _write_metrics(self) -> None:
         with (self.dir / "metrics.csv").open("w", newline="") as fh:

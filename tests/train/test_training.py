@@ -1,0 +1,110 @@
+"""Training through real daemon subprocesses: improvement, checkpoints, two daemons."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from labd.client import LabClient
+from labd.daemon.process import LocalDaemon
+from labd.train import loop
+from labd.train.arch import default_arch
+
+#: A small hybrid design on the loopback (its physics is linear, so the digital layers carry
+#: the class boundaries; what is tested is the machinery, not the physics).
+ARCH = replace(default_arch("vowels", "loopback"), epochs=6, twin_samples=1000, twin_epochs=8)
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_short_pat_run_improves_accuracy(daemon: LocalDaemon, tmp_path: Path) -> None:
+    from labd.train.run import run_training
+
+    s = run_training(task="vowels", system="loopback", mode="pat", out=tmp_path,
+                     endpoints=[daemon.endpoint], seed=0, arch=ARCH, progress=False)
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert len(rows) == ARCH.epochs
+    assert float(rows[-1]["test_acc"]) > float(rows[0]["test_acc"])
+    assert s["test_accuracy"] > 0.6  # chance is 1/7
+    assert _summary(tmp_path)["test_accuracy"] == s["test_accuracy"]
+    for key in ("test_accuracy", "train_accuracy", "mode", "system", "task", "seed",
+                "physical_queries", "wall_s"):
+        assert key in s
+    assert s["queries"]["twin_collection"] == ARCH.twin_samples * ARCH.twin_repeats
+    assert s["physical_queries"] > s["queries"]["twin_collection"]
+    assert s["twins"][daemon.endpoint]["holdout_nrmse"] < 0.1
+    for png in ("learning_curves.png", "confusion.png", "physical_outputs.png", "twin-0.png"):
+        assert (tmp_path / png).stat().st_size > 0
+
+
+def test_checkpoint_resume_continues_the_same_run(daemon: LocalDaemon, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that dies after epoch 2 and is resumed ends exactly where an unbroken run does
+    (loopback is noiseless; shuffles, optimiser and schedule come back from the checkpoint)."""
+    from labd.train.run import run_training
+
+    arch = replace(ARCH, epochs=4)
+    kw = dict(task="vowels", system="loopback", mode="pat", endpoints=[daemon.endpoint],
+              seed=1, arch=arch, backward="nominal", progress=False)
+    whole = run_training(out=tmp_path / "whole", **kw)
+
+    real_save = loop.Trainer.save_checkpoint
+    calls = {"n": 0}
+
+    def crash_after_two(self: loop.Trainer) -> None:
+        real_save(self)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.Trainer, "save_checkpoint", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(out=tmp_path / "broken", **kw)
+    monkeypatch.setattr(loop.Trainer, "save_checkpoint", real_save)
+    assert len(list(csv.DictReader((tmp_path / "broken" / "metrics.csv").open()))) == 2
+    resumed = run_training(out=tmp_path / "broken", resume=True, **kw)
+
+    def metrics(p: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "wall_s"}
+                for r in csv.DictReader((p / "metrics.csv").open())]
+
+    assert metrics(tmp_path / "broken") == metrics(tmp_path / "whole")
+    assert resumed["test_accuracy"] == whole["test_accuracy"]
+    assert resumed["physical_queries"] == whole["physical_queries"]
+    assert resumed["epochs"] == 4
+
+
+def test_network_spread_over_two_daemons_trains(tmp_path: Path) -> None:
+    from labd.train.run import run_training
+
+    with LocalDaemon() as a, LocalDaemon() as b:
+        s = run_training(task="vowels", system="loopback", mode="pat", out=tmp_path,
+                         endpoints=[a.endpoint, b.endpoint], seed=2, arch=ARCH,
+                         backward="nominal", progress=False)
+        served = []
+        for d in (a, b):
+            with LabClient(d.endpoint) as c:
+                served.append(c.status()["systems"]["loopback"]["served"])
+    assert s["endpoints"] == [a.endpoint, b.endpoint]
+    assert all(n > 0 for n in served)
+    assert s["test_accuracy"] > 0.6
+
+
+def test_insilico_and_twin_modes_evaluate_on_hardware(daemon: LocalDaemon,
+                                                      tmp_path: Path) -> None:
+    from labd.train.run import run_training
+
+    for mode in ("insilico", "twin"):
+        s = run_training(task="vowels", system="loopback", mode=mode, out=tmp_path / mode,
+                         endpoints=[daemon.endpoint], seed=0, arch=replace(ARCH, epochs=3),
+                         progress=False)
+        rows = list(csv.DictReader((tmp_path / mode / "metrics.csv").open()))
+        assert rows[-1]["test_acc_model"] != ""
+        # digital training makes no physical forward during training: only evaluations
+        assert s["queries"]["training_and_evaluation"] == (3 + 1) * 49 * 2 + 210 * 2
