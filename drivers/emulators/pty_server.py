@@ -142,7 +142,8 @@ class PtyServer:
         tty.setraw(self._slave)
         self.path = os.ttyname(self._slave)
         self._closed = threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
 
     def _run(self) -> None:
         buf = bytearray()
@@ -160,6 +161,7 @@ class PtyServer:
 
     def close(self) -> None:
         self._closed.set()
+        self._thread.join(1.0)
         for fd in (self._master, self._slave):
             with contextlib.suppress(OSError):
                 os.close(fd)
