@@ -108,3 +108,18 @@ def test_insilico_and_twin_modes_evaluate_on_hardware(daemon: LocalDaemon,
         assert rows[-1]["test_acc_model"] != ""
         # digital training makes no physical forward during training: only evaluations
         assert s["queries"]["training_and_evaluation"] == (3 + 1) * 49 * 2 + 210 * 2
+
+
+def test_pat_with_twin_refinement_checkpoints_the_refined_twin(daemon: LocalDaemon,
+                                                               tmp_path: Path) -> None:
+    import torch
+
+    from labd.train.run import run_training
+
+    s = run_training(task="vowels", system="loopback", mode="pat", out=tmp_path,
+                     endpoints=[daemon.endpoint], seed=0, arch=replace(ARCH, epochs=2),
+                     refine=True, progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    saved = torch.load(tmp_path / "twin-0.pt", weights_only=True)
+    assert s["refine_twin"] is True and len(state["twins"]) == 1
+    assert any(not torch.equal(state["twins"][0][k], saved[k]) for k in saved)
