@@ -1,0 +1,195 @@
+"""The protocol emulators: SCPI parsing, AWG + scope and shaper + OSA on a bench, faults, the
+emulator process, and the emulated example configuration built by ``build_rig``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drivers.base import InstrumentError
+from drivers.emulators.rig import load_rig
+from drivers.emulators.scpi import mnemonic, parse_header, take_message
+from drivers.emulators.scpi_server import Emulators
+from drivers.registry import build_rig
+from drivers.serial.pulse_shaper import SerialPulseShaper
+from drivers.visa.keysight_33500b import Keysight33500B
+from drivers.visa.keysight_scope import KeysightInfiniiVision
+from drivers.visa.yokogawa_aq6370 import YokogawaAQ6370
+from labd.config import load_config
+
+ROOT = Path(__file__).parents[2]
+EXAMPLE = ROOT / "examples" / "oscillator-emulated.toml"
+needs_tcp = pytest.mark.skipif(
+    not __import__("importlib").util.find_spec("pyvisa_py"),
+    reason="pyvisa-py (the pure-Python VISA back end) is needed for TCP sockets")
+
+
+def test_scpi_headers_reduce_to_short_forms():
+    assert mnemonic("SOURce1") == "SOUR" and mnemonic("ARBitrary") == "ARB"
+    assert mnemonic("WAVeform") == "WAV" and mnemonic("CHANnel2") == "CHAN2"
+    assert parse_header(":SOURce1:VOLTage:OFFSet 0.5") == ("SOUR:VOLT:OFFS", "0.5")
+    assert parse_header(":WAVeform:PREamble?") == ("WAV:PRE?", "")
+
+
+def test_messages_with_binary_blocks_are_framed_by_their_length():
+    buf = bytearray(b"DATA:ARB:DAC x,#14\n\n#\xff\n*TRG\n")
+    assert take_message(buf) == ("DATA:ARB:DAC x,", b"\n\n#\xff")
+    assert take_message(buf) == ("*TRG", None)
+    assert take_message(bytearray(b"DATA x,#18abc")) is None
+
+
+def oscillator_pair(resources: dict[str, str], channels: int, timeout_s: float = 2.0):
+    awg = Keysight33500B("osc.drive", channels, (-1.0, 1.0), resources["awg"], library="@py",
+                         timeout_s=timeout_s)
+    scope = KeysightInfiniiVision("osc.detector", channels, resources["scope"], library="@py",
+                                  timeout_s=timeout_s, acquire_timeout_s=timeout_s)
+    return awg, scope
+
+
+@pytest.fixture
+def oscillator():
+    rig = load_rig("oscillator", seed=3)
+    emulators = Emulators(rig, ["awg", "scope"])
+    awg, scope = oscillator_pair(emulators.addresses, rig.channels, timeout_s=0.5)
+    yield emulators, awg, scope
+    awg.close()
+    scope.close()
+    emulators.close()
+
+
+@needs_tcp
+def test_awg_and_scope_measure_the_bench_physics(oscillator):
+    _, awg, scope = oscillator
+    awg.open()
+    scope.open()
+    x = np.random.default_rng(0).uniform(-1, 1, (4, awg.channels))
+    scope.arm(4)
+    awg.output(x)
+    y = scope.read()
+    twin = load_rig("oscillator", seed=3)  # same seed: same device and the same noise
+    expected = twin.play(awg.codes(x).reshape(x.shape) / 32767.0)
+    np.testing.assert_allclose(y, expected, atol=3 * 8 / 65536)
+
+
+@needs_tcp
+def test_emulated_instruments_keep_scpi_error_queues(oscillator):
+    _, awg, _ = oscillator
+    awg.open()
+    awg.link.write("SOUR1:FUNC:ARB nothing")
+    with pytest.raises(InstrumentError, match="-221") as err:
+        awg.link.check_errors("SOUR1:FUNC:ARB nothing")
+    assert err.value.command == "SOUR1:FUNC:ARB nothing"
+    awg.link.write("SOUR1:VOLT 30")
+    with pytest.raises(InstrumentError, match="-222"):
+        awg.link.check_errors("SOUR1:VOLT 30")
+
+
+@needs_tcp
+def test_mute_and_drop_are_retryable_faults_and_reopen_recovers(oscillator):
+    emulators, awg, scope = oscillator
+    awg.open()
+    scope.open()
+    emulators.muted = True
+    with pytest.raises(InstrumentError) as err:
+        scope.arm(1)
+    assert err.value.retryable
+    emulators.muted = False
+    emulators.drop()
+    with pytest.raises(InstrumentError) as err:
+        awg.output(np.zeros((1, awg.channels)))
+    assert err.value.retryable
+    for inst in (awg, scope):
+        inst.close()
+        inst.open()
+    scope.arm(1)
+    awg.output(np.zeros((1, awg.channels)))
+    assert scope.read().shape == (1, awg.channels)
+
+
+@needs_tcp
+def test_shaper_and_osa_measure_the_spectrum_of_the_mask():
+    rig = load_rig("shg", seed=2)
+    emulators = Emulators(rig, ["shaper", "osa"])
+    try:
+        shaper = SerialPulseShaper("shg.drive", rig.channels, (0.0, 1.0),
+                                   emulators.addresses["shaper"])
+        osa = YokogawaAQ6370("shg.detector", 201, emulators.addresses["osa"], library="@py",
+                             format="real32", timeout_s=1.0)
+        shaper.open()
+        osa.open()
+        spectra = []
+        for level in (0.2, 0.9):
+            shaper.output(np.full((1, rig.channels), level))
+            osa.arm(1)
+            spectra.append(osa.read()[0])
+        twin = load_rig("shg", seed=2)
+        for level, spectrum in zip((0.2, 0.9), spectra, strict=True):
+            twin.mask = np.full(rig.channels, round(level * 65535) / 65535)
+            expected = np.interp(np.linspace(0, 1, 201), np.linspace(0, 1, rig.bench.samples),
+                                 twin.sweep())
+            np.testing.assert_allclose(spectrum, np.maximum(expected, 1e-9), rtol=1e-5)
+        assert not np.allclose(spectra[0], spectra[1])
+        shaper.close()
+        osa.close()
+    finally:
+        emulators.close()
+
+
+def test_the_emulated_example_matches_the_emulators_rig():
+    example = load_config(EXAMPLE).systems["oscillator"]
+    rig = load_config(ROOT / "drivers" / "emulators" / "rigs.toml").systems["oscillator"]
+    fields = ("kind", "input_dim", "param_dim", "output_dim", "input_range", "param_range",
+              "encoding", "decoding")
+    assert {f: getattr(example, f) for f in fields} == {f: getattr(rig, f) for f in fields}
+
+
+@needs_tcp
+def test_the_emulator_process_serves_the_example_config_built_by_build_rig(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drivers.emulators.scpi_server", "--config", str(EXAMPLE),
+         "--system", "oscillator", "--port", "0", "--seed", "1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        info = json.loads(proc.stdout.readline())
+        text = EXAMPLE.read_text().replace("TCPIP::127.0.0.1::15025::SOCKET", info["awg"]) \
+            .replace("TCPIP::127.0.0.1::15026::SOCKET", info["scope"])
+        (tmp_path / "rig.toml").write_text(text)
+        system = load_config(tmp_path / "rig.toml").systems["oscillator"]
+        drive, detector = build_rig("oscillator", system.kind, system, system.physics, None,
+                                    {"driver": system.drive.driver, **system.drive.options},
+                                    {"driver": system.detector.driver,
+                                     **system.detector.options})
+        drive.open()
+        detector.open()
+        rng = np.random.default_rng(5)
+        x = rng.uniform(-1, 1, (3, system.input_dim))
+        theta = rng.uniform(-1, 1, system.param_dim)
+        detector.arm(3)
+        drive.output(system.encode(x, theta))
+        y = system.decode(detector.read())
+        assert y.shape == (3, system.output_dim) and np.all(np.isfinite(y))
+        assert np.ptp(y) > 1e-3  # the bench answers, the trace is not flat
+        os.kill(proc.pid, signal.SIGUSR1)  # stop answering
+        detector.link.timeout_s = 0.3
+        detector.close()
+        with pytest.raises(InstrumentError) as err:
+            detector.open()
+        assert err.value.retryable
+        os.kill(proc.pid, signal.SIGUSR1)  # answer again
+        detector.close()
+        detector.open()
+        detector.arm(1)
+        drive.output(system.encode(x[:1], theta))
+        assert detector.read().shape == (1, system.channels)
+        drive.close()
+        detector.close()
+    finally:
+        proc.terminate()
+        proc.wait(5)
