@@ -22,11 +22,13 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 import zmq
+import zmq.auth
 
 from protocols.frames import decode_reply, encode
 from protocols.v1 import DEFAULT_CONTROL_ENDPOINT, VERSION
@@ -238,6 +240,17 @@ class LabClient:
     def result(self, rid: str) -> ForwardResult:
         header, arrays = self.wait(rid)
         return _forward_result(header, arrays)
+
+
+def curve_keys(server_public_file: str | Path, client_secret_file: str | Path
+               ) -> dict[str, bytes]:
+    """The ``curve`` argument of ``LabClient`` from certificate files made by ``labd keys``:
+    the server's public ``server.key`` and the client's ``NAME.key_secret``."""
+    server_public, _ = zmq.auth.load_certificate(str(server_public_file))
+    public, secret = zmq.auth.load_certificate(str(client_secret_file))
+    if secret is None:
+        raise ValueError(f"{client_secret_file} holds no secret key (use the .key_secret file)")
+    return {"server_key": server_public, "public_key": public, "secret_key": secret}
 
 
 def _forward_result(header: Any, arrays: dict[str, np.ndarray]) -> ForwardResult:

@@ -23,7 +23,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from drivers.physics.encoding import Mapping
 from protocols.v1 import DEFAULT_CONTROL_ENDPOINT, DEFAULT_EVENT_ENDPOINT
@@ -59,6 +66,25 @@ class StoreConfig(_Config):
     prune_interval_s: float = Field(600.0, gt=0)
 
 
+class SecurityConfig(_Config):
+    """CURVE encryption and authentication (see ``labd.daemon.auth`` and ``labd keys``)."""
+
+    curve: bool = False
+    #: The server's ``.key_secret`` certificate file (``labd keys server DIR``).
+    server_key: str = ""
+    #: TOML allow-list of named client public keys (``labd keys add``).
+    clients: str = ""
+    #: Allow binding a non-loopback address without CURVE (everyone on the network may drive
+    #: the instruments).
+    insecure: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> SecurityConfig:
+        if self.curve and not (self.server_key and self.clients):
+            raise ValueError("curve = true needs server_key and clients files")
+        return self
+
+
 class InstrumentConfig(BaseModel):
     """``driver`` names an entry of ``drivers.registry``; other keys are the driver's options."""
 
@@ -90,6 +116,8 @@ class SystemConfig(Mapping):
     timeout_s: float = Field(60.0, gt=0)
     #: Requests waiting before ``busy``; the server's ``queue_depth`` when not set.
     queue_depth: int | None = Field(None, ge=1)
+    #: Names of the clients (CURVE keys) allowed to use this system; all when not set.
+    clients: list[str] | None = None
     #: Measure on the server thread: only for instantaneous systems (loopback).
     inline: bool = False
 
@@ -97,7 +125,16 @@ class SystemConfig(Mapping):
 class DaemonConfig(_Config):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
+    security: SecurityConfig = SecurityConfig()
     systems: dict[str, SystemConfig]
+
+    @model_validator(mode="after")
+    def _access_needs_keys(self) -> DaemonConfig:
+        restricted = [n for n, s in self.systems.items() if s.clients is not None]
+        if restricted and not self.security.curve:
+            raise ValueError(f"systems {restricted} restrict clients by name, which needs "
+                             f"[security] curve = true")
+        return self
 
     @field_validator("systems")
     @classmethod

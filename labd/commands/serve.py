@@ -28,11 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", metavar="PATH",
                    help="measurement store file, overriding the config; empty string records "
                         "nothing")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --bind without CURVE keys (anyone who can reach "
+                        "the port can drive the instruments)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from labd.daemon.server import Daemon
+    from labd.daemon.server import Daemon, InsecureBind
 
     try:
         config = load_config(args.config)
@@ -42,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     server = config.server.model_copy(update={
         k: v for k, v in (("control", args.bind), ("events", args.events)) if v is not None})
     store = config.store.model_copy(update={"path": args.store} if args.store is not None else {})
-    config = config.model_copy(update={"server": server, "store": store})
+    security = config.security.model_copy(
+        update={"insecure": True} if args.insecure else {})
+    config = config.model_copy(update={"server": server, "store": store, "security": security})
     recorder = None
     if config.store.path:
         from labd.daemon.store import open_store
@@ -54,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
     except zmq.ZMQError as exc:
         log.error("cannot bind %s: %s (is another labd running? use --bind)",
                   config.server.control, exc)
+        return 2
+    except (InsecureBind, OSError, ValueError) as exc:
+        log.error("%s", exc)
         return 2
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: daemon.stop())

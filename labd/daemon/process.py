@@ -2,8 +2,8 @@
 
 ``LocalDaemon`` is a context manager: on entry it starts the daemon (embedded default config
 unless ``config`` names a file; no store unless ``store`` names a file), waits until it answers
-``hello``, and exposes ``endpoint``; on exit it sends SIGTERM and waits for a clean exit
-(SIGKILL after ``stop_timeout_s``).
+``hello`` (with ``curve`` keys when the daemon requires them), and exposes ``endpoint``; on exit
+it sends SIGTERM and waits for a clean exit (SIGKILL after ``stop_timeout_s``).
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-import zmq
-
-from protocols.frames import decode_reply, encode
+from labd.client import LabClient, ReplyTimeout
 
 
 def free_port() -> int:
@@ -29,32 +27,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(endpoint: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+def wait_ready(endpoint: str, timeout_s: float, proc: subprocess.Popen | None = None,
+               curve: dict[str, bytes] | None = None) -> None:
     """Block until the daemon at ``endpoint`` answers ``hello``; raise ``RuntimeError`` else."""
     deadline = time.monotonic() + timeout_s
-    ctx = zmq.Context.instance()
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"labd serve exited with code {proc.returncode} during start-up")
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
-        try:
-            sock.send_multipart([b"", *encode({"v": 1, "id": "ready?", "op": "hello"})])
-            if sock.poll(200):
-                frames = sock.recv_multipart()
-                header, _ = decode_reply(frames[1:])
-                if header.ok:
-                    return
-        finally:
-            sock.close()
+        with LabClient(endpoint, timeout_s=0.2, retries=0, curve=curve) as client:
+            try:
+                client.hello()
+                return
+            except ReplyTimeout:
+                continue
     raise RuntimeError(f"labd at {endpoint} did not answer within {timeout_s} s")
 
 
 class LocalDaemon:
     def __init__(self, config: str | Path | None = None, store: str | Path | None = None,
                  log_level: str = "warning", extra_args: list[str] | None = None,
-                 start_timeout_s: float = 60.0, stop_timeout_s: float = 30.0) -> None:
+                 start_timeout_s: float = 60.0, stop_timeout_s: float = 30.0,
+                 curve: dict[str, bytes] | None = None) -> None:
+        """``curve``: a client's keys (``labd.client.curve_keys``) for a daemon that needs them."""
         self.port = free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
         self.events_endpoint = f"tcp://127.0.0.1:{free_port()}"
@@ -66,13 +60,14 @@ class LocalDaemon:
         self._args += extra_args or []
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
+        self.curve = curve
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> LocalDaemon:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(self._args, env=env)
         try:
-            wait_ready(self.endpoint, self.start_timeout_s, self.proc)
+            wait_ready(self.endpoint, self.start_timeout_s, self.proc, self.curve)
         except BaseException:
             self.kill()
             raise

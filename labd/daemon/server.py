@@ -31,6 +31,7 @@ import zmq
 
 from labd import __version__
 from labd.config import DaemonConfig
+from labd.daemon.auth import AllowList, Authenticator, is_loopback, load_server_keys
 from labd.daemon.recording import Recorder, SequenceCounter
 from labd.daemon.system import PhysicalSystem
 from labd.daemon.worker import Job, SystemWorker, measure_job
@@ -51,6 +52,10 @@ POLL_MS = 100
 #: Frames larger than this many times the configured message limit are dropped by ZeroMQ itself
 #: (the peer is disconnected); smaller oversized requests get a ``too_large`` reply.
 HARD_LIMIT_FACTOR = 4
+
+
+class InsecureBind(Exception):
+    """A non-loopback endpoint without CURVE, and the configuration did not say insecure."""
 
 
 class ReplyCache:
@@ -92,16 +97,40 @@ class Daemon:
         self.inline_counts: dict[str, list[int]] = {}  # name -> [served, errors]
         self._inflight: set[tuple[bytes, str]] = set()
         self._cache = ReplyCache(config.server.reply_cache)
+        self._server_keys: tuple[bytes, bytes] | None = None
+        self._authenticator: Authenticator | None = None
         self.router: zmq.Socket | None = None
         self.events: zmq.Socket | None = None
         self._pipe: zmq.Socket | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
 
+    def _secure(self, sock: zmq.Socket) -> None:
+        """Make ``sock`` a CURVE server when the configuration asks for it."""
+        if self._server_keys is not None:
+            sock.curve_server = True
+            sock.curve_publickey, sock.curve_secretkey = self._server_keys
+
     def bind(self) -> None:
-        """Bind the sockets and start the workers; raises ``zmq.ZMQError`` if a port is taken."""
-        server = self.config.server
+        """Bind the sockets and start the workers.
+
+        Raises ``zmq.ZMQError`` if a port is taken, ``InsecureBind`` for a non-loopback endpoint
+        without CURVE (unless the configuration says ``insecure``).
+        """
+        server, security = self.config.server, self.config.security
+        for endpoint in (server.control, server.events):
+            if endpoint and not is_loopback(endpoint) and not security.curve \
+                    and not security.insecure:
+                raise InsecureBind(
+                    f"refusing to bind {endpoint} without CURVE keys: anyone on the network "
+                    f"could drive the instruments. Configure [security] (see `labd keys`), "
+                    f"bind 127.0.0.1, or pass --insecure")
+        if security.curve:
+            self._server_keys = load_server_keys(security.server_key)
+            self._authenticator = Authenticator(self.context, AllowList(security.clients))
+            self._authenticator.start()
         self.router = self.context.socket(zmq.ROUTER)
+        self._secure(self.router)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.router.setsockopt(zmq.LINGER, 1000)
         self.router.setsockopt(zmq.MAXMSGSIZE, HARD_LIMIT_FACTOR * server.max_message_bytes)
@@ -110,6 +139,7 @@ class Daemon:
         self.router.bind(server.control)
         if server.events:
             self.events = self.context.socket(zmq.PUB)
+            self._secure(self.events)
             self.events.setsockopt(zmq.LINGER, 0)
             self.events.bind(server.events)
         self._pipe = self.context.socket(zmq.PULL)
@@ -170,6 +200,8 @@ class Daemon:
         for sock in (self.router, self.events, self._pipe):
             if sock is not None:
                 sock.close()
+        if self._authenticator is not None:
+            self._authenticator.stop()
         self.context.term()
         log.info("stopped")
 
@@ -209,6 +241,12 @@ class Daemon:
 
     # -- requests -----------------------------------------------------------------------------
 
+    def _client_name(self, frames: list[zmq.Frame]) -> str:
+        """The client's key name under CURVE, else its routing identity in hex."""
+        if self._authenticator is not None and len(frames) > 1:
+            return frames[1].get("User-Id")
+        return frames[0].bytes.hex()
+
     def _on_request(self, frames: list[zmq.Frame]) -> None:
         ident = frames[0].bytes
         if len(frames) > 1 and len(frames[1]) == 0:  # REQ, or a DEALER that sends a delimiter
@@ -216,7 +254,7 @@ class Daemon:
         else:
             envelope, body = [ident], frames[1:]
         try:
-            reply = self._handle(envelope, body)
+            reply = self._handle(envelope, self._client_name(frames), body)
         except ProtocolError as exc:
             reply = error_reply(exc.request_id, exc.code, exc.message, exc.retryable)
         except Exception as exc:
@@ -228,7 +266,8 @@ class Daemon:
         if reply is not None:
             self._send(envelope, reply)
 
-    def _handle(self, envelope: list[bytes], body: list[zmq.Frame]) -> list[Buffer] | None:
+    def _handle(self, envelope: list[bytes], client: str,
+                body: list[zmq.Frame]) -> list[Buffer] | None:
         size = sum(len(f) for f in body)
         limit = self.config.server.max_message_bytes
         if size > limit:
@@ -249,9 +288,14 @@ class Daemon:
             return ok_reply(rid, self.status())
         if op in ("describe", "forward"):
             system = self._system(header)
+            allowed = system.config.clients
+            if allowed is not None and client not in allowed:
+                log.warning("client %s refused %s on %s", client, op, system.name)
+                raise ProtocolError(ErrorCode.UNAUTHORIZED, f"client {client!r} may not use "
+                                    f"system {system.name!r}", rid)
             if op == "describe":
                 return ok_reply(rid, {"system": system.describe()})
-            return self._forward(envelope, header, system, arrays)
+            return self._forward(envelope, client, header, system, arrays)
         raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown operation {op!r}; this daemon "
                             f"answers hello, describe, forward, status", rid)
 
@@ -267,8 +311,8 @@ class Daemon:
                                 f"no system {name!r}; this daemon has {list(self.systems)}",
                                 header.id) from None
 
-    def _forward(self, envelope: list[bytes], header: RequestHeader, system: PhysicalSystem,
-                 arrays: dict[str, Any]) -> list[Buffer] | None:
+    def _forward(self, envelope: list[bytes], client: str, header: RequestHeader,
+                 system: PhysicalSystem, arrays: dict[str, Any]) -> list[Buffer] | None:
         rid = header.id
         if set(arrays) != {"x", "theta"}:
             raise ProtocolError(ErrorCode.BAD_REQUEST,
@@ -288,7 +332,7 @@ class Daemon:
         if key in self._inflight:
             log.info("repeated id %r from %s while in flight: dropped", rid, envelope[0].hex())
             return None
-        job = Job(envelope=envelope, client=envelope[0].hex(), request_id=rid, x=x,
+        job = Job(envelope=envelope, client=client, request_id=rid, x=x,
                   theta=theta, received=time.time())
         if system.name in self.inline_counts:
             frames, fault = measure_job(system, job, self.sequence, self.recorder)
