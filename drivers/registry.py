@@ -34,6 +34,9 @@ DRIVERS: dict[str, str] = {
 #: System kind -> "module:Class" of its simulated bench.
 BENCHES: dict[str, str] = {
     "loopback": "drivers.sim.loopback:LoopbackBench",
+    "shg": "drivers.sim.shg:ShgBench",
+    "plate": "drivers.sim.plate:PlateBench",
+    "oscillator": "drivers.sim.oscillator:OscillatorBench",
 }
 
 

@@ -23,6 +23,9 @@ from drivers.physics.encoding import Mapping
 #: System kind -> "module:Class" of its nominal physics.
 PHYSICS: dict[str, str] = {
     "loopback": "drivers.physics.loopback:LoopbackPhysics",
+    "shg": "drivers.physics.shg:ShgPhysics",
+    "plate": "drivers.physics.plate:PlatePhysics",
+    "oscillator": "drivers.physics.oscillator:OscillatorPhysics",
 }
 
 
