@@ -87,12 +87,10 @@ def measure_overhead(round_trips: int = 300, dim: int = 65536, clients: int = 1,
             threads = [threading.Thread(target=_client_loop, args=(
                 (plain.endpoint, rec.endpoint), round_trips, dim, i, times))
                 for i in range(clients)]
-            began = time.perf_counter()
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
-            wall = time.perf_counter() - began
         store_bytes = store.stat().st_size
     without, with_ = statistics.median(times[0]), statistics.median(times[1])
     return {

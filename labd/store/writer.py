@@ -72,6 +72,10 @@ MAX_GROUP_BYTES = 64 * 1024 * 1024
 PAGE_SIZE = 65536
 #: Bytes a measurement costs beyond its arrays (row, index entries), for size pruning.
 ROW_OVERHEAD = 256
+#: Payload committed between two checkpoints (each copies the WAL into the main file).
+CHECKPOINT_BYTES = 16 * 1024 * 1024
+#: The WAL file is cut back to this size when it restarts after a burst.
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
 PACKAGES = ("labd", "numpy", "torch", "pyzmq", "pydantic")
 
 _INSERT = """INSERT INTO measurements (run, system, seq, rows, client, request_id, received,
@@ -126,6 +130,7 @@ def connect(path: str | Path, synchronous: Synchronous = "normal") -> sqlite3.Co
         raise StoreError(f"{p}: cannot use WAL mode (got {mode!r}); is it on a network file "
                          f"system?")
     conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
     old = schema.upgrade(conn)
     if 0 < old < schema.SCHEMA_VERSION:
         log.info("%s: schema upgraded from version %d to %d", p, old, schema.SCHEMA_VERSION)
@@ -150,6 +155,15 @@ class Store:
         self._closed = False
         self._run: int | None = None
         self._thread = threading.Thread(target=self._write_loop, name="labd-store", daemon=True)
+        # Checkpoints (copying the WAL into the main file, with an fsync) run on their own
+        # connection and thread, every CHECKPOINT_BYTES of payload: a commit never waits for
+        # one, and the WAL restarts from its start instead of growing without bound.
+        self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._since_checkpoint = 0
+        self._checkpoint_conn = connect(self.path, synchronous)
+        self._checkpoint_wanted = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop,
+                                              name="labd-store-checkpoint", daemon=True)
 
     # -- Recorder -----------------------------------------------------------------------------
 
@@ -166,6 +180,7 @@ class Store:
              json.dumps(config), json.dumps(devices)))
         self._run = cur.lastrowid
         self._thread.start()
+        self._checkpointer.start()
 
     def record(self, m: Measurement) -> None:
         if self._run is None:
@@ -191,6 +206,10 @@ class Store:
             self._queue.put(None)
         if self._thread.is_alive():
             self._thread.join()
+        if self._checkpointer.is_alive():
+            self._checkpoint_wanted.set()
+            self._checkpointer.join()
+        self._checkpoint_conn.close()
         self._conn.close()
 
     # -- callers' side ------------------------------------------------------------------------
@@ -230,6 +249,9 @@ class Store:
                 group.append(item)
                 size += item.nbytes
             self._commit(group)
+            if self._since_checkpoint >= CHECKPOINT_BYTES:
+                self._since_checkpoint = 0
+                self._checkpoint_wanted.set()
             if time.monotonic() >= next_prune:
                 self._prune()
                 next_prune = time.monotonic() + self.prune_interval_s
@@ -248,6 +270,7 @@ class Store:
                 conn.execute("UPDATE counters SET value = max(value, ?) WHERE name = 'next_seq'",
                              (max(p.end for p in group),))
                 conn.execute("COMMIT")
+                self._since_checkpoint += sum(p.nbytes for p in group)
         except BaseException as exc:  # every waiter learns of the failure; the thread goes on
             log.exception("store: cannot commit %d measurements", len(group))
             if conn.in_transaction:
@@ -258,6 +281,19 @@ class Store:
         finally:
             for p in group:
                 p.done.set()
+
+    def _checkpoint_loop(self) -> None:
+        """Copy committed WAL frames into the main file when asked (PASSIVE: never blocks the
+        writer), until the store closes."""
+        while True:
+            self._checkpoint_wanted.wait()
+            self._checkpoint_wanted.clear()
+            if self._closed:
+                return
+            try:
+                self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:
+                log.exception("store: checkpoint failed")
 
     def _prune(self) -> None:
         """Delete measurements beyond the age and size limits (in this thread)."""
