@@ -15,7 +15,8 @@ Contract:
   theta broadcast to one row per row of x; a batch never mixes dimensions (a system whose
   dimensions changed between runs yields separate batches). ``load_arrays(...)`` concatenates
   everything into memory (for data sets known to fit).
-* ``count(...)`` gives (measurements, rows, array bytes); ``info()`` summarises the file per
+* ``count(...)`` gives (measurements, rows, array bytes), ``dimensions(...)`` the distinct
+  (input_dim, param_dim, output_dim); ``info()`` summarises the file per
   system and per run; ``runs()`` lists the run records.
 """
 
@@ -168,6 +169,15 @@ class StoreReader:
             f"coalesce(sum(length(x) + length(theta) + length(y)), 0) FROM measurements{where}",
             args).fetchone()
         return int(n), int(rows), int(size)
+
+    def dimensions(self, system: str | None = None, since: Time = None, until: Time = None,
+                   run: int | None = None, client: str | None = None
+                   ) -> set[tuple[int, int, int]]:
+        """The distinct (input_dim, param_dim, output_dim) of the selection (metadata only)."""
+        where, args = self._where(system, since, until, run, client)
+        return {(int(a), int(b), int(c)) for a, b, c in self._conn.execute(
+            "SELECT DISTINCT json_extract(x_shape, '$[1]'), json_extract(theta_shape, '$[#-1]'),"
+            f" json_extract(y_shape, '$[1]') FROM measurements{where}", args)}
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run record, oldest first (config, versions, devices decoded)."""

@@ -309,7 +309,7 @@ class Store:
             if self.max_bytes:
                 deleted += self._prune_size()
             if deleted:
-                conn.execute("PRAGMA incremental_vacuum")
+                conn.executescript("PRAGMA incremental_vacuum")  # execute() frees one page
                 log.info("store: pruned %d measurements", deleted)
         except sqlite3.Error:
             log.exception("store: pruning failed")

@@ -1,0 +1,184 @@
+"""The store in-process: round trip of arrays, group commit under concurrency, the sequence
+high-water mark, schema upgrades, pruning, and the reader's filters and streaming."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from labd.daemon.recording import Measurement
+from labd.store import schema
+from labd.store.reader import StoreReader
+from labd.store.writer import Store, StoreError
+
+RNG = np.random.default_rng(0)
+
+
+def measurement(seq: int, rows: int = 2, system: str = "sys", client: str = "c1",
+                theta_rows: bool = False, received: float | None = None,
+                dims: tuple[int, int, int] = (3, 2, 4)) -> Measurement:
+    n_in, n_p, n_out = dims
+    now = time.time() if received is None else received
+    theta = RNG.standard_normal((rows, n_p) if theta_rows else n_p).astype(np.float32)
+    return Measurement(system=system, seq=seq, client=client, request_id=f"r{seq}",
+                       x=RNG.standard_normal((rows, n_in)).astype(np.float32), theta=theta,
+                       y=RNG.standard_normal((rows, n_out)).astype(np.float32),
+                       received=now, done=now + 0.001, elapsed_s=0.0005)
+
+
+def open_store(path: Path, **kw) -> Store:
+    store = Store(path, **kw)
+    store.start_run({"systems": {}}, {"sys": {"name": "sys"}})
+    return store
+
+
+def test_round_trip_and_filters(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite"
+    store = open_store(path)
+    sent = [measurement(0, 2), measurement(2, 3, theta_rows=True),
+            measurement(5, 1, system="other", client="c2", dims=(5, 1, 1))]
+    for m in sent:
+        store.record(m)
+    store.close()
+    with StoreReader(path) as reader:
+        recs = list(reader.records())
+        assert [r.seq for r in recs] == [0, 2, 5]
+        for r, m in zip(recs, sent, strict=True):
+            assert (r.system, r.client, r.request_id, r.rows) == (m.system, m.client,
+                                                                  m.request_id, m.x.shape[0])
+            np.testing.assert_array_equal(r.x, m.x)
+            np.testing.assert_array_equal(r.theta, m.theta)
+            np.testing.assert_array_equal(r.y, m.y)
+        x, theta, y = reader.load_arrays(system="sys")
+        assert x.shape == (5, 3) and theta.shape == (5, 2) and y.shape == (5, 4)
+        np.testing.assert_array_equal(theta[:2], np.broadcast_to(sent[0].theta, (2, 2)))
+        np.testing.assert_array_equal(theta[2:], sent[1].theta)
+        assert [len(b[0]) for b in reader.iter_batches(system="sys", chunk_rows=2)] == [2, 3]
+        assert reader.count(client="c2")[:2] == (1, 1)
+        assert reader.count(since=time.time() + 60) == (0, 0, 0)
+        assert reader.count(run=1)[0] == 3 and reader.count(run=2)[0] == 0
+        assert reader.dimensions() == {(3, 2, 4), (5, 1, 1)}
+        with pytest.raises(ValueError, match="different dimensions"):
+            reader.load_arrays()
+        (run,) = reader.runs()
+        assert run["devices"] == {"sys": {"name": "sys"}} and "numpy" in run["versions"]
+
+
+def test_concurrent_records_and_sequence_high_water(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite"
+    store = open_store(path)
+    assert store.next_seq() == 0
+
+    def hammer(first: int) -> None:
+        for k in range(25):
+            store.record(measurement(first + 2 * k, 2))
+
+    threads = [threading.Thread(target=hammer, args=(t * 1000,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store.reserve("unrecorded", 5000, 7)  # a system with record = false took 5000..5006
+    store.close()
+    with pytest.raises(StoreError):
+        store.record(measurement(9000))
+    again = Store(path)
+    assert again.next_seq() == 5007
+    again.close()
+    with StoreReader(path) as reader:
+        assert reader.count()[:2] == (100, 200)
+        assert reader.info()["unrecorded"] == {"unrecorded": {"requests": 1, "rows": 7}}
+
+
+def test_duplicate_seq_is_refused(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "m.sqlite")
+    store.record(measurement(0))
+    with pytest.raises(StoreError, match="UNIQUE"):
+        store.record(measurement(0))
+    store.record(measurement(2))  # the writer goes on after a failed group
+    store.close()
+
+
+V1_SCHEMA = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+INSERT INTO schema_version VALUES (1);
+CREATE TABLE runs (id INTEGER PRIMARY KEY, started REAL NOT NULL, host TEXT NOT NULL,
+    pid INTEGER NOT NULL, versions TEXT NOT NULL, config TEXT NOT NULL, devices TEXT NOT NULL);
+CREATE TABLE measurements (id INTEGER PRIMARY KEY, run INTEGER NOT NULL REFERENCES runs(id),
+    system TEXT NOT NULL, seq INTEGER NOT NULL, rows INTEGER NOT NULL, client TEXT NOT NULL,
+    request_id TEXT NOT NULL, received REAL NOT NULL, done REAL NOT NULL,
+    elapsed_s REAL NOT NULL, x_shape TEXT NOT NULL, theta_shape TEXT NOT NULL,
+    y_shape TEXT NOT NULL, x BLOB NOT NULL, theta BLOB NOT NULL, y BLOB NOT NULL);
+CREATE UNIQUE INDEX measurements_seq ON measurements(seq);
+CREATE INDEX measurements_system_received ON measurements(system, received);
+CREATE INDEX measurements_received ON measurements(received);
+CREATE INDEX measurements_run ON measurements(run);
+INSERT INTO runs VALUES (1, 0.0, 'h', 1, '{}', '{}', '{}');
+"""
+
+
+def test_upgrade_from_version_1(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_SCHEMA)
+    x = np.arange(6, dtype="<f4").reshape(2, 3)
+    conn.execute("INSERT INTO measurements VALUES (1, 1, 'sys', 40, 2, 'c', 'r', 1.0, 2.0, 0.1, "
+                 "'[2, 3]', '[3]', '[2, 3]', ?, ?, ?)", (x.tobytes(), x[0].tobytes(),
+                                                          x.tobytes()))
+    conn.commit()
+    conn.close()
+    with pytest.raises(schema.SchemaError, match="version 1"):
+        StoreReader(path)
+    store = Store(path)
+    assert store.next_seq() == 42
+    store.close()
+    with StoreReader(path) as reader:
+        (rec,) = reader.records()
+        np.testing.assert_array_equal(rec.x, x)
+        assert reader.info()["next_seq"] == 42
+    conn = sqlite3.connect(path)
+    assert schema.version(conn) == schema.SCHEMA_VERSION
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.execute("UPDATE schema_version SET version = 99")
+    conn.commit()
+    conn.close()
+    with pytest.raises(schema.SchemaError, match="newer"):
+        Store(path)
+
+
+def test_prune_by_age(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite"
+    store = open_store(path)
+    old = time.time() - 3 * 86400
+    for seq in range(0, 10, 2):
+        store.record(measurement(seq, received=old))
+    store.record(measurement(10))
+    store.close()
+    store = open_store(path, max_age_days=1.0)  # prunes at start, in the writer thread
+    store.record(measurement(12))
+    store.close()
+    with StoreReader(path) as reader:
+        assert [r.seq for r in reader.records()] == [10, 12]
+    assert Store(path).next_seq() == 14
+
+
+def test_prune_by_size(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite"
+    store = open_store(path)
+    for k in range(40):  # 40 measurements of ~200 KiB each: ~8 MiB
+        store.record(measurement(k * 64, 64, dims=(256, 256, 256)))
+    store.close()
+    before = path.stat().st_size
+    store = open_store(path, max_bytes=2 * 2**20)
+    store.close()
+    with StoreReader(path) as reader:
+        seqs = [r.seq for r in reader.records()]
+        assert 0 < len(seqs) < 40 and seqs == list(range(64 * (40 - len(seqs)), 40 * 64, 64))
+        assert reader.info()["database_bytes"] <= 2 * 2**20 + 512 * 1024
+    assert path.stat().st_size < before
+    assert Store(path).next_seq() == 40 * 64  # the high-water mark survives pruning
