@@ -1,17 +1,22 @@
 """Simulated instruments: drives and detectors in front of a simulated ``Bench``.
 
 They behave as the real drivers do (range limits, open/close, identify) and hand the physics
-to the bench they share. One class per role, so configurations read like the rig:
-``SimPulseShaper`` + ``SimSpectrometer`` (SHG), ``SimDAC`` + ``SimADC`` (plate, oscillator,
-loopback).
+to the bench they share. A detector given ``faults = {...}`` (see ``drivers.sim.faults``) fails
+as real instruments do: hangs, garbled replies, dropped links, late shots. One class per role,
+so configurations read like the rig: ``SimPulseShaper`` + ``SimSpectrometer`` (SHG),
+``SimDAC`` + ``SimADC`` (plate, oscillator, loopback).
 """
 
 from __future__ import annotations
+
+import time
+from typing import Any
 
 import numpy as np
 
 from drivers.base import Detector, Drive, InstrumentError
 from drivers.sim.bench import Bench
+from drivers.sim.faults import FaultInjector
 
 
 class SimDrive(Drive):
@@ -30,12 +35,19 @@ class SimDrive(Drive):
 
 
 class SimDetector(Detector):
-    def __init__(self, name: str, samples: int, bench: Bench) -> None:
+    def __init__(self, name: str, samples: int, bench: Bench,
+                 faults: dict[str, Any] | None = None) -> None:
         super().__init__(name, samples)
         if samples != bench.samples:
             raise ValueError(f"{name}: the bench produces {bench.samples} samples per shot, "
                              f"configured {samples}")
         self.bench = bench
+        self.faults = FaultInjector(**{"seed": bench.seed, **(faults or {})})
+        self._link_down = False
+
+    def open(self) -> None:
+        self._link_down = False
+        super().open()
 
     def identify(self) -> str:
         return f"labd,{type(self).__name__},{type(self.bench).__name__} seed {self.bench.seed}"
@@ -43,7 +55,20 @@ class SimDetector(Detector):
     def read(self) -> np.ndarray:
         if not self.is_open:
             raise InstrumentError(self.name, "not open", "read")
-        return self.bench.measure()
+        if self._link_down:
+            raise InstrumentError(self.name, "no answer: the link is down", "read")
+        fault = self.faults.draw()
+        if fault == "disconnect":
+            self._link_down = True
+            raise InstrumentError(self.name, "connection lost (injected)", "read")
+        if fault == "timeout":
+            time.sleep(self.faults.hang_s)
+            raise InstrumentError(self.name, f"timed out after {self.faults.hang_s:g} s "
+                                  "(injected)", "read")
+        if fault == "slow":
+            time.sleep(self.faults.slow_s)
+        trace = self.bench.measure()
+        return self.faults.garble(trace) if fault == "garbage" else trace
 
 
 class SimDAC(SimDrive):

@@ -9,9 +9,13 @@ Contract (protocol v1, see ``protocols/v1.py``):
   marked ``inline`` (instantaneous ones such as the loopback) are measured on this thread.
 * Requests for one system are measured one at a time in arrival order; different systems run
   concurrently. Replies come back from the workers through an inproc PULL socket.
-* A forward request is identified by (client, ``id``). A repeat of an ``id`` whose reply is
-  cached gets the cached reply again; a repeat of one still being measured is dropped (the
+* A forward request is identified by (client, ``id``). A repeat of an ``id`` whose measurement
+  succeeded gets the cached reply again (failures are not cached: a retry measures); a repeat
+  of one still being measured is dropped (the
   client gets the one reply when it is ready). Nothing is measured twice.
+* A watchdog abandons an instrument call that hangs past the system's ``timeout_s``: the
+  request is answered ``instrument_fault`` (retryable), the system is marked ``fault``, and a
+  fresh worker with freshly opened instruments takes over its queue. The daemon never freezes.
 * Clean shutdown (``stop()``, wired to SIGINT/SIGTERM): no new requests are read; queued
   requests are answered ``busy`` (retryable); the jobs in hand finish; drivers close.
 """
@@ -33,8 +37,8 @@ from labd import __version__
 from labd.config import DaemonConfig
 from labd.daemon.auth import AllowList, Authenticator, is_loopback, load_server_keys
 from labd.daemon.recording import Recorder, SequenceCounter
-from labd.daemon.system import PhysicalSystem
-from labd.daemon.worker import Job, SystemWorker, measure_job
+from labd.daemon.system import PhysicalSystem, SystemFault
+from labd.daemon.worker import Job, SystemWorker, finish_job, measure_job
 from protocols.frames import (
     Buffer,
     ProtocolError,
@@ -152,12 +156,39 @@ class Daemon:
                 system.open()
                 self.inline_counts[name] = [0, 0]
             else:
-                worker = SystemWorker(system, self.context, PIPE_ENDPOINT, self.sequence,
-                                      self.recorder,
-                                      system.config.queue_depth or server.queue_depth)
-                self.workers[name] = worker
-                worker.start()
+                jobs: queue.Queue = queue.Queue(system.config.queue_depth or server.queue_depth)
+                self._start_worker(system, jobs)
         log.info("serving %s on %s", ", ".join(self.systems), server.control)
+
+    def _start_worker(self, system: PhysicalSystem, jobs: queue.Queue,
+                      counts: tuple[int, int] = (0, 0), faulted: bool = False) -> None:
+        worker = SystemWorker(system, self.context, PIPE_ENDPOINT, self.sequence,
+                              self.recorder, jobs)
+        worker.served, worker.errors = counts
+        worker.faulted = faulted
+        self.systems[system.name] = system
+        self.workers[system.name] = worker
+        worker.start()
+
+    def _watchdog(self) -> None:
+        """Abandon instrument calls that hang past their system's ``timeout_s``."""
+        now = time.monotonic()
+        for name, worker in list(self.workers.items()):
+            if not worker.overdue(now):
+                continue
+            job = worker.abandon()
+            if job is None:
+                continue
+            timeout = worker.system.config.timeout_s
+            message = (f"{name}: an instrument call hung for more than {timeout:g} s; it was "
+                       f"abandoned and the instruments are being reopened")
+            log.error("%s", message)
+            self._inflight.discard((job.envelope[0], job.request_id))
+            self._send(job.envelope, error_reply(job.request_id, ErrorCode.INSTRUMENT_FAULT,
+                                                 message, retryable=True))
+            self._publish("fault", {"system": name, "message": message, "retryable": True})
+            fresh = PhysicalSystem.from_config(name, worker.system.config)
+            self._start_worker(fresh, worker.jobs, (worker.served, worker.errors + 1), True)
 
     def stop(self) -> None:
         """Ask the loop to finish (safe from a signal handler or another thread)."""
@@ -171,6 +202,7 @@ class Daemon:
         poller.register(self._pipe, zmq.POLLIN)
         while not self._stop.is_set():
             ready = dict(poller.poll(POLL_MS))
+            self._watchdog()
             if self._pipe in ready:
                 self._drain_pipe()
             if self.router in ready:
@@ -224,7 +256,8 @@ class Daemon:
             frames = msg[3 + n_env:]
             key = (envelope[0], request_id)
             self._inflight.discard(key)
-            self._cache.put(key, frames)
+            if kind == b"forward":
+                self._cache.put(key, frames)
             self._send(envelope, frames)
 
     def _publish(self, topic: str, body: dict[str, Any]) -> None:
@@ -335,12 +368,18 @@ class Daemon:
         job = Job(envelope=envelope, client=client, request_id=rid, x=x,
                   theta=theta, received=time.time())
         if system.name in self.inline_counts:
-            frames, fault = measure_job(system, job, self.sequence, self.recorder)
-            self.inline_counts[system.name][0 if fault is None else 1] += 1
-            if fault is not None:
+            result = measure_job(system, job)
+            frames = finish_job(system, job, result, self.sequence, self.recorder)
+            fault = isinstance(result, SystemFault)
+            self.inline_counts[system.name][1 if fault else 0] += 1
+            if fault:
                 system.close()
-                system.open()
-            self._cache.put(key, frames)
+                try:
+                    system.open()
+                except Exception:  # a failed reopen shows as a fault on the next request
+                    log.exception("%s: cannot reopen the instruments", system.name)
+            else:
+                self._cache.put(key, frames)
             return frames
         try:
             self.workers[system.name].submit(job)

@@ -134,4 +134,6 @@ class PhysicalSystem:
                 raise SystemFault(f"{self.detector.name} returned shape {list(trace.shape)}, "
                                   f"expected {list(expected)}", True)
             y[start:stop] = self.config.decode(trace)
+            if not np.all(np.isfinite(y[start:stop])):
+                raise SystemFault(f"{self.detector.name} returned non-finite values", True)
         return y, spent

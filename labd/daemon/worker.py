@@ -11,6 +11,11 @@ Contract:
   error, publishes an event, and reopens the instruments with exponential backoff before the
   next job. The worker never dies of a driver exception.
 * ``stop()`` fails every job still queued and ends the thread after the job in hand.
+* Watchdog: ``overdue(now)`` tells the server thread that an instrument call has run past the
+  system's ``timeout_s``; ``abandon()`` then detaches the worker atomically. An abandoned
+  worker's late result is discarded (no sequence number, no record, no reply: the server has
+  answered ``instrument_fault``), and its thread ends; a fresh worker with fresh instruments
+  takes over the same queue.
 """
 
 from __future__ import annotations
@@ -47,25 +52,33 @@ class Job:
 
 
 def pipe_message(kind: bytes, job: Job, frames: list[Buffer]) -> list[Buffer]:
-    """What a worker sends to the server thread: kind, request id, envelope size, envelope,
-    reply frames."""
+    """What a worker sends to the server thread: kind (``forward`` for a measurement, ``error``
+    for a failure, which is not cached so that a retry measures), request id, envelope size,
+    envelope, reply frames."""
     return [kind, job.request_id.encode(), str(len(job.envelope)).encode(), *job.envelope,
             *frames]
 
 
-def measure_job(system: PhysicalSystem, job: Job, sequence: SequenceCounter,
-                recorder: Recorder | None) -> tuple[list[Buffer], SystemFault | None]:
-    """Measure one job; return the reply frames and the fault, if one happened.
+def measure_job(system: PhysicalSystem, job: Job) -> tuple[np.ndarray, float] | SystemFault:
+    """Measure one job: ``(y, instrument seconds)``, or the fault that stopped it."""
+    try:
+        return system.measure(job.x, job.theta)
+    except SystemFault as fault:
+        log.warning("%s: instrument fault: %s", system.name, fault)
+        return fault
+
+
+def finish_job(system: PhysicalSystem, job: Job, result: tuple[np.ndarray, float] | SystemFault,
+               sequence: SequenceCounter, recorder: Recorder | None) -> list[Buffer]:
+    """The reply frames of a measured job.
 
     On success the rows get consecutive sequence numbers and the measurement is recorded
     (durably) before the reply frames exist.
     """
-    try:
-        y, elapsed = system.measure(job.x, job.theta)
-    except SystemFault as fault:
-        log.warning("%s: instrument fault: %s", system.name, fault)
-        return error_reply(job.request_id, ErrorCode.INSTRUMENT_FAULT, str(fault),
-                           fault.retryable), fault
+    if isinstance(result, SystemFault):
+        return error_reply(job.request_id, ErrorCode.INSTRUMENT_FAULT, str(result),
+                           result.retryable)
+    y, elapsed = result
     seq = sequence.take(job.x.shape[0])
     if recorder is not None and system.config.record:
         recorder.record(Measurement(
@@ -74,16 +87,16 @@ def measure_job(system: PhysicalSystem, job: Job, sequence: SequenceCounter,
             elapsed_s=elapsed))
     elif recorder is not None:  # not recorded, but its numbers must not be handed out again
         recorder.reserve(system.name, seq, job.x.shape[0])
-    return ok_reply(job.request_id, {"seq": seq, "elapsed_s": elapsed}, [("y", y)]), None
+    return ok_reply(job.request_id, {"seq": seq, "elapsed_s": elapsed}, [("y", y)])
 
 
 class SystemWorker(threading.Thread):
     def __init__(self, system: PhysicalSystem, context: zmq.Context, pipe_endpoint: str,
                  sequence: SequenceCounter, recorder: Recorder | None,
-                 queue_depth: int) -> None:
+                 jobs: queue.Queue[Job | None]) -> None:
         super().__init__(name=f"labd-{system.name}", daemon=True)
         self.system = system
-        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=queue_depth)
+        self.jobs = jobs
         self._context = context
         self._pipe_endpoint = pipe_endpoint
         self._sequence = sequence
@@ -95,6 +108,10 @@ class SystemWorker(threading.Thread):
         self._fault_count = 0
         self._stopping = False
         self._push: zmq.Socket | None = None
+        self._lock = threading.Lock()
+        self.call_started: float | None = None  # time.monotonic() of the call in hand
+        self.current: Job | None = None
+        self.abandoned = False
 
     # -- called from the server thread --------------------------------------------------------
 
@@ -112,6 +129,18 @@ class SystemWorker(threading.Thread):
         self._stopping = True
         self.jobs.put(None)
 
+    def overdue(self, now: float) -> bool:
+        started = self.call_started
+        return started is not None and now - started > self.system.config.timeout_s
+
+    def abandon(self) -> Job | None:
+        """Detach a worker whose call hangs; return its job, or None if the call just ended."""
+        with self._lock:
+            if self.call_started is None:
+                return None
+            self.abandoned = True
+            return self.current
+
     # -- the thread ---------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -120,7 +149,7 @@ class SystemWorker(threading.Thread):
         self._push.connect(self._pipe_endpoint)
         try:
             self._reopen()
-            while True:
+            while not self.abandoned:
                 job = self.jobs.get()
                 if job is None:
                     break
@@ -134,7 +163,7 @@ class SystemWorker(threading.Thread):
                     self._serve(job)
                 finally:
                     self.active = False
-            while True:  # answer what arrived behind the stop marker
+            while self._stopping:  # answer what arrived behind the stop marker
                 try:
                     job = self.jobs.get_nowait()
                 except queue.Empty:
@@ -146,15 +175,25 @@ class SystemWorker(threading.Thread):
             self._push.close()
 
     def _serve(self, job: Job) -> None:
-        frames, fault = measure_job(self.system, job, self._sequence, self._recorder)
-        if fault is None:
-            self.served += 1
-        else:
+        with self._lock:
+            self.current, self.call_started = job, time.monotonic()
+        result = measure_job(self.system, job)
+        with self._lock:
+            self.current, self.call_started = None, None
+            if self.abandoned:
+                log.warning("%s: a hung call returned after the watchdog fired; its result "
+                            "is discarded", self.system.name)
+                return
+        if isinstance(result, SystemFault):
             self.errors += 1
             self.faulted = True
-            self._event("fault", {"system": self.system.name, "message": str(fault),
-                                  "retryable": fault.retryable})
-        self._send(b"forward", job, frames)
+            self._event("fault", {"system": self.system.name, "message": str(result),
+                                  "retryable": result.retryable})
+        else:
+            self.served += 1
+        kind = b"error" if isinstance(result, SystemFault) else b"forward"
+        self._send(kind, job, finish_job(self.system, job, result, self._sequence,
+                                         self._recorder))
 
     def _reopen(self) -> None:
         """Close and open the instruments, backing off while they keep failing."""
@@ -178,7 +217,7 @@ class SystemWorker(threading.Thread):
             return
 
     def _reply_shutdown(self, job: Job) -> None:
-        self._send(b"forward", job, error_reply(
+        self._send(b"error", job, error_reply(
             job.request_id, ErrorCode.BUSY, "the daemon is shutting down; retry when it is back",
             retryable=True))
 

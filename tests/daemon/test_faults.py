@@ -1,0 +1,110 @@
+"""Instrument faults against a real daemon: injected failures, the watchdog, events, retries."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from labd.client import InstrumentFault, LabClient
+from labd.daemon.process import LocalDaemon
+from tests.daemon.raw import RawClient, forward_header
+
+F4 = np.float32
+SYSTEM = """
+[systems.{name}]
+kind = "loopback"
+input_dim = 3
+param_dim = 3
+output_dim = 3
+encoding = {{ layout = "add" }}
+timeout_s = {timeout_s}
+bench = {{ seed = 1 }}
+drive = {{ driver = "sim.dac" }}
+detector = {{ driver = "sim.adc", faults = {faults} }}
+"""
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory):
+    config = tmp_path_factory.mktemp("faults") / "faulty.toml"
+    config.write_text(
+        SYSTEM.format(name="flaky", timeout_s=5,
+                      faults="{ disconnect = 0.1, garbage = 0.1, slow = 0.1, slow_s = 0.005 }")
+        + SYSTEM.format(name="hangs", timeout_s=0.3, faults="{ timeout = 1.0, hang_s = 2.0 }")
+        + SYSTEM.format(name="good", timeout_s=5, faults="{}"))
+    with LocalDaemon(config=config) as daemon:
+        yield daemon
+
+
+X = np.full((2, 3), 0.25, F4)
+T = np.full(3, 0.125, F4)
+
+
+def test_injected_faults_are_answered_and_the_daemon_recovers(faulty):
+    raw = RawClient(faulty.endpoint)
+    outcomes = {"ok": 0, "instrument_fault": 0}
+    for i in range(200):
+        raw.send(forward_header("flaky", X, T, rid=f"f{i}"), [X, T])
+        reply, arrays = raw.recv()
+        assert reply["id"] == f"f{i}"
+        if reply["ok"]:
+            np.testing.assert_allclose(arrays[0], X + T)
+            outcomes["ok"] += 1
+        else:
+            assert reply["error"]["code"] == "instrument_fault"
+            assert reply["error"]["retryable"] is True
+            outcomes["instrument_fault"] += 1
+    assert outcomes["ok"] > 100 and outcomes["instrument_fault"] > 10, outcomes
+    status, _ = raw.request("status")
+    flaky = status["systems"]["flaky"]
+    assert flaky["served"] == outcomes["ok"]
+    assert flaky["errors"] == outcomes["instrument_fault"]
+    raw.close()
+
+
+def test_client_retries_ride_through_faults(faulty):
+    with LabClient(faulty.endpoint, timeout_s=10, retries=8) as client:
+        for _ in range(50):
+            np.testing.assert_allclose(client.forward("flaky", X, T), X + T)
+
+
+def test_watchdog_abandons_a_hung_call_without_freezing_the_daemon(faulty):
+    hung, other = RawClient(faulty.endpoint), RawClient(faulty.endpoint)
+    events = zmq.Context.instance().socket(zmq.SUB)
+    events.setsockopt(zmq.SUBSCRIBE, b"fault")
+    events.connect(faulty.events_endpoint)
+    time.sleep(0.2)  # let the subscription reach the publisher
+    started = time.monotonic()
+    hung.send(forward_header("hangs", X, T, rid="stuck"), [X, T])
+    time.sleep(0.05)
+    reply, _ = other.request("forward", [("x", X), ("theta", T)], system="good")
+    assert reply["ok"] and time.monotonic() - started < 0.25  # not frozen while it hangs
+    reply, _ = hung.recv(timeout_ms=5000)
+    waited = time.monotonic() - started
+    assert reply["id"] == "stuck" and reply["ok"] is False
+    assert reply["error"]["code"] == "instrument_fault" and reply["error"]["retryable"]
+    assert "hung" in reply["error"]["message"]
+    assert 0.3 <= waited < 1.5, waited  # the watchdog fired, well before the 2 s hang ended
+    status, _ = other.request("status")
+    assert status["systems"]["hangs"]["errors"] >= 1
+    assert status["systems"]["hangs"]["state"] in ("fault", "ready")
+    assert events.poll(2000), "no fault event published"
+    topic, body = events.recv_multipart()
+    event = json.loads(body)
+    assert topic == b"fault" and event["system"] in ("hangs", "flaky") and event["v"] == 1
+    time.sleep(2.0)  # the abandoned call returns now: its result must not be delivered
+    assert not hung.sock.poll(100)
+    for sock in (hung, other):
+        sock.close()
+    events.close()
+
+
+def test_fault_error_is_typed_for_the_client(faulty):
+    with LabClient(faulty.endpoint, timeout_s=5, retries=0) as client, \
+            pytest.raises(InstrumentFault) as err:
+        client.forward("hangs", X, T)
+    assert err.value.retryable
