@@ -107,15 +107,22 @@ def respond(force: np.ndarray, coef: np.ndarray, b: np.ndarray, c: np.ndarray,
     for s in numba.prange(batch):
         q = np.zeros(modes)
         p = np.zeros(modes)
+        phi = np.ascontiguousarray(coef[s, :, :4])
+        w2 = coef[s, :, 4].copy()
+        inv_w2 = 1.0 / w2
+        damp = coef[s, :, 5].copy()
         for n in range(samples):
             acc = 0.0
+            u = force[s, n]
             for k in range(modes):
-                co = coef[s, k]
-                f = b[k] * force[s, n] - beta[k] * q[k] * q[k] * q[k]
-                acc += c[k] * (f - co[5] * p[k] - co[4] * q[k])
-                dq = q[k] - f / co[4]
-                q[k] = f / co[4] + co[0] * dq + co[1] * p[k]
-                p[k] = co[2] * dq + co[3] * p[k]
+                qk = q[k]
+                pk = p[k]
+                f = b[k] * u - beta[k] * qk * qk * qk
+                acc += c[k] * (f - damp[k] * pk - w2[k] * qk)
+                rest = f * inv_w2[k]
+                dq = qk - rest
+                q[k] = rest + phi[k, 0] * dq + phi[k, 1] * pk
+                p[k] = phi[k, 2] * dq + phi[k, 3] * pk
             out[s, n] = acc
     return out
 
