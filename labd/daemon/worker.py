@@ -80,13 +80,20 @@ def finish_job(system: PhysicalSystem, job: Job, result: tuple[np.ndarray, float
                            result.retryable)
     y, elapsed = result
     seq = sequence.take(job.x.shape[0])
-    if recorder is not None and system.config.record:
-        recorder.record(Measurement(
-            system=system.name, seq=seq, client=job.client, request_id=job.request_id,
-            x=job.x, theta=job.theta, y=y, received=job.received, done=time.time(),
-            elapsed_s=elapsed))
-    elif recorder is not None:  # not recorded, but its numbers must not be handed out again
-        recorder.reserve(system.name, seq, job.x.shape[0])
+    try:
+        if recorder is not None and system.config.record:
+            recorder.record(Measurement(
+                system=system.name, seq=seq, client=job.client, request_id=job.request_id,
+                x=job.x, theta=job.theta, y=y, received=job.received, done=time.time(),
+                elapsed_s=elapsed))
+        elif recorder is not None:  # not recorded, but its numbers must not be handed out again
+            recorder.reserve(system.name, seq, job.x.shape[0])
+    except Exception as exc:  # a full disk must cost a reply, not the worker
+        log.exception("%s: the store failed", system.name)
+        return error_reply(job.request_id, ErrorCode.INSTRUMENT_FAULT,
+                           f"measured, but the store could not record it ({exc}); the result "
+                           f"is withheld so that nothing unrecorded reaches a client",
+                           retryable=True)
     return ok_reply(job.request_id, {"seq": seq, "elapsed_s": elapsed}, [("y", y)])
 
 
