@@ -66,7 +66,9 @@ def oscillator():
 
 @needs_tcp
 def test_awg_and_scope_measure_the_bench_physics(oscillator):
-    _, awg, scope = oscillator
+    emulators, _, _ = oscillator
+    # generous timeouts: the first measurement may compile the bench's numba kernels
+    awg, scope = oscillator_pair(emulators.addresses, emulators.rig.channels, timeout_s=60.0)
     awg.open()
     scope.open()
     x = np.random.default_rng(0).uniform(-1, 1, (4, awg.channels))
@@ -76,6 +78,8 @@ def test_awg_and_scope_measure_the_bench_physics(oscillator):
     twin = load_rig("oscillator", seed=3)  # same seed: same device and the same noise
     expected = twin.play(awg.codes(x).reshape(x.shape) / 32767.0)
     np.testing.assert_allclose(y, expected, atol=3 * 8 / 65536)
+    awg.close()
+    scope.close()
 
 
 @needs_tcp
