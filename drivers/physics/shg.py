@@ -87,23 +87,24 @@ def pixel_matrix(channels: int, pixels: int, centre: float, window: float,
     return np.clip(hi - lo, 0, None)
 
 
-def sh_counts(field: torch.Tensor, pm: torch.Tensor, pixel: torch.Tensor) -> torch.Tensor:
+def sh_counts(field: Any, pm: Any, pixel: Any) -> Any:
     """Spectrometer counts [B, pixels] of the SH of ``field`` [B, P] (real or complex).
 
     ``pm`` [2P - 1] is the phase-matching amplitude, ``pixel`` [2P - 1, pixels] the pixel
-    matrix including the counts scale.
+    matrix including the counts scale. All torch tensors (differentiable) or all numpy arrays
+    (the bench: single-threaded, so it keeps its pace on a busy machine).
     """
+    fft = torch.fft if isinstance(field, torch.Tensor) else np.fft
     n = 2 * field.shape[1] - 1
     nfft = 1 << (n - 1).bit_length()
-    spectrum = torch.fft.fft(field, n=nfft)
-    sh = torch.fft.ifft(spectrum * spectrum)[:, :n] * pm
+    spectrum = fft.fft(field, n=nfft)
+    sh = fft.ifft(spectrum * spectrum)[:, :n] * pm
     return (sh.real ** 2 + sh.imag ** 2) @ pixel
 
 
 def counts_scale(a0: np.ndarray, pm: np.ndarray, pixel: np.ndarray, full_counts: float) -> float:
     """Factor that makes the brightest pixel read ``full_counts`` with every channel open."""
-    peak = sh_counts(torch.from_numpy(a0[None]), torch.from_numpy(pm), torch.from_numpy(pixel))
-    return full_counts / float(peak.max())
+    return full_counts / float(sh_counts(a0[None], pm, pixel).max())
 
 
 class ShgPhysics(torch.nn.Module):

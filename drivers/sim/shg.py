@@ -30,7 +30,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from drivers.physics.encoding import Mapping
 from drivers.physics.shg import (
@@ -86,9 +85,9 @@ class ShgBench(Bench):
                                                   p["window"]), p["full_counts"])
         pixel = pixel_matrix(channels, p["pixels"], p["centre"], p["window"],
                              d["calibration_shift"]) * scale * d["pixel_response"]
-        self._a0 = torch.from_numpy(a0 * np.exp(1j * d["phase"]))
-        self._pm = torch.from_numpy(pm).to(torch.complex128)
-        self._pixel = torch.from_numpy(pixel)
+        self._a0 = a0 * np.exp(1j * d["phase"])
+        self._pm = pm
+        self._pixel = pixel
 
     def hidden(self) -> dict[str, Any]:
         return {key: np.copy(value) for key, value in self.device.items()}
@@ -118,10 +117,8 @@ class ShgBench(Bench):
         power = self.power(shot_times(self.shots, batch, self.shot_s))
         if n:
             power = power * (1 + n * 0.007 * rng.standard_normal(batch))
-        field = torch.from_numpy(self.transmission(patterns) * np.sqrt(power)[:, None])
-        with torch.no_grad():
-            counts = sh_counts(field * self._a0, self._pm, self._pixel).numpy()
-        counts += self.device["dark"]
+        field = self.transmission(patterns) * np.sqrt(power)[:, None] * self._a0
+        counts = sh_counts(field, self._pm, self._pixel) + self.device["dark"]
         if n:
             sigma = np.sqrt(np.maximum(counts, 0.0) + (6.0 ** 2))
             counts += n * sigma * rng.standard_normal(counts.shape, dtype=np.float32)
