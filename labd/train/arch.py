@@ -10,7 +10,8 @@ What is physical and what is digital (reported in every summary under ``digital`
 * digital, always: the element-wise rescaling ``squash(a*y + b)`` of each physical layer's
   input (2 parameters per element, no mixing between elements) and the readout;
 * digital readout ``groups``: class score = mean of that class's output bins of the last
-  physical layer, times one shared scalar gain (the paper's read-out of summed bins);
+  physical layer (the paper's read-out of summed bins), then an element-wise affine per class
+  (2 parameters per class);
   ``linear``: a full digital linear layer (declared as such);
 * ``hybrid``: trainable digital linear layers before each physical layer (the paper's hybrid
   SHG network for MNIST);
@@ -53,9 +54,11 @@ class Arch:
 
 #: (task, system name) -> the default design. Unknown pairs get ``GENERIC``.
 DEFAULTS: dict[tuple[str, str], Arch] = {
-    # The paper's SHG vowel network: 5 SHG layers, element-wise rescaling between them, class
-    # read from summed output bins of the last layer.
-    ("vowels", "shg"): Arch(depth=5, epochs=150, batch_size=21, lr=0.02, lr_digital=0.02),
+    # The paper's SHG vowel design (element-wise rescaling between SHG layers, classes read
+    # from output bins of the last layer) with 2 layers instead of 5: on the stand-in's
+    # nominal model 2 layers train to 97% train / 94% test in 100 epochs, 5 layers to < 70%.
+    ("vowels", "shg"): Arch(depth=2, epochs=100, batch_size=21, lr=0.05, lr_digital=0.05,
+                            twin_epochs=30),
     ("mnist", "plate"): Arch(depth=1, epochs=8, batch_size=256, lr=0.02, lr_digital=0.01),
     ("mnist", "oscillator"): Arch(depth=1, epochs=8, batch_size=256, lr=0.02, lr_digital=0.01),
     # Hybrid: digital linear layers feeding SHG passes, as in the paper's 97% MNIST network.

@@ -132,28 +132,36 @@ class PhysicalLayer(nn.Module):
 
 
 class Rescale(nn.Module):
-    """Digital element-wise ``squash(a * y + b)`` into ``[lo, hi]`` (the paper's rescaling)."""
+    """The paper's digital element-wise rescaling: ``squash(a * (y - c) / s + b)`` in range.
+
+    ``c`` and ``s`` are fixed per element at initialisation (``init_from``: the batch mean and
+    standard deviation), so the trainable ``a`` (initially ``spread``) and ``b`` (initially 0)
+    are of order one whatever the scale of the previous layer's outputs; together they are
+    one affine map per element.
+    """
 
     def __init__(self, features: int, out_range: tuple[float, float],
                  squash: Literal["sigmoid", "hard"] = "sigmoid") -> None:
         super().__init__()
         self.a = nn.Parameter(torch.ones(features))
         self.b = nn.Parameter(torch.zeros(features))
+        self.register_buffer("center", torch.zeros(features))
+        self.register_buffer("scale", torch.ones(features))
         self.lo, self.hi = (float(v) for v in out_range)
         self.squash = squash
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        z = self.a * y + self.b
+        z = self.a * (y - self.center) / self.scale + self.b
         s = torch.sigmoid(z) if self.squash == "sigmoid" else torch.clamp(0.5 + z / 4, 0.0, 1.0)
         return self.lo + (self.hi - self.lo) * s
 
     @torch.no_grad()
     def init_from(self, y: torch.Tensor, spread: float = 1.5) -> None:
         """Standardise ``y`` (per element) so the batch spans about ``±spread`` before squash."""
-        mean = y.mean(0)
-        std = y.std(0).clamp_min(1e-6 * (y.abs().mean() + 1e-12))
-        self.a.copy_(spread / std)
-        self.b.copy_(-spread * mean / std)
+        self.center.copy_(y.mean(0))
+        self.scale.copy_(y.std(0).clamp_min(1e-6 * (y.abs().mean() + 1e-12)))
+        self.a.fill_(spread)
+        self.b.zero_()
 
 
 class GroupReadout(nn.Module):
@@ -161,8 +169,9 @@ class GroupReadout(nn.Module):
 
     The ``features`` outputs are cut into ``n_classes`` contiguous groups of
     ``features // n_classes`` bins (any remainder unused), as the paper read classes from summed
-    spectral bins. The only digital parameter is one scalar gain (a softmax temperature) and the
-    standardisation fixed at initialisation, both applied identically to every class.
+    spectral bins. Each class score then gets a digital element-wise affine ``a * s + b``
+    (2 parameters per class, no mixing between classes), initialised to standardise the scores
+    over a batch: without it the bins' different brightness alone decides the class.
     """
 
     def __init__(self, features: int, n_classes: int) -> None:
@@ -171,22 +180,25 @@ class GroupReadout(nn.Module):
             raise ValueError(f"{features} outputs cannot be grouped into {n_classes} classes")
         self.width = features // n_classes
         self.n_classes = n_classes
-        self.gain = nn.Parameter(torch.tensor(1.0))
-        self.register_buffer("center", torch.tensor(0.0))
-        self.register_buffer("scale", torch.tensor(1.0))
+        self.a = nn.Parameter(torch.ones(n_classes))
+        self.b = nn.Parameter(torch.zeros(n_classes))
+        self.register_buffer("center", torch.zeros(n_classes))
+        self.register_buffer("scale", torch.ones(n_classes))
 
     def scores(self, y: torch.Tensor) -> torch.Tensor:
         used = y[:, : self.width * self.n_classes]
         return used.reshape(y.shape[0], self.n_classes, self.width).mean(2)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.gain * (self.scores(y) - self.center) / self.scale
+        return self.a * (self.scores(y) - self.center) / self.scale + self.b
 
     @torch.no_grad()
-    def init_from(self, y: torch.Tensor, spread: float = 3.0) -> None:
+    def init_from(self, y: torch.Tensor, spread: float = 1.0) -> None:
         s = self.scores(y)
-        self.center.copy_(s.mean())
-        self.scale.copy_(s.std().clamp_min(1e-12) / spread)
+        self.center.copy_(s.mean(0))
+        self.scale.copy_(s.std(0).clamp_min(1e-6 * (s.abs().mean() + 1e-12)))
+        self.a.fill_(spread)
+        self.b.zero_()
 
 
 class PhysicalNetwork(nn.Module):

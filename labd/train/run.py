@@ -108,6 +108,7 @@ def run_training(*, task: str | None = None, data: str | Path | None = None, sys
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     started = time.perf_counter()
+    torch.set_num_threads(1)  # the daemon's physics needs the other core(s)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dataset: Dataset = load_task(task, data, mnist_dir)
@@ -159,7 +160,7 @@ def run_training(*, task: str | None = None, data: str | Path | None = None, sys
         "epochs": result["epochs"], "endpoints": eps, "backward": backward,
         "refine_twin": refine, "arch": arch.to_dict(),
         "physical_vs_digital": DIGITAL_NOTE.format(
-            readout="class bins summed, one scalar gain" if arch.readout == "groups"
+            readout="class bins averaged, element-wise affine per class" if arch.readout == "groups"
             else "digital linear layer",
             hybrid="; trainable digital linear layers before each physical layer (hybrid)"
             if arch.hybrid else ""),
