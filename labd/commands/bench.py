@@ -33,7 +33,10 @@ def run(args: argparse.Namespace) -> int:
     figures: dict[str, Any] = args.bench_main(args)
     width = max(map(len, figures), default=0)
     for key, value in figures.items():
-        shown = f"{value:.6g}" if isinstance(value, float) else value
+        if isinstance(value, list | dict):  # tables: the benchmark printed them; see --json
+            shown = f"({len(value)} entries)"
+        else:
+            shown = f"{value:.6g}" if isinstance(value, float) else value
         print(f"{key:<{width}}  {shown}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
