@@ -94,9 +94,9 @@ class Drive(Instrument):
             raise LimitError(f"{self.name}: holds at most {self.max_shots} pattern(s), "
                              f"got {patterns.shape[0]}")
         lo, hi = self.limits
-        if not np.all(np.isfinite(patterns)):
+        pmin, pmax = float(patterns.min()), float(patterns.max())  # NaN propagates into both
+        if not (np.isfinite(pmin) and np.isfinite(pmax)):
             raise LimitError(f"{self.name}: patterns contain NaN or inf; nothing was sent")
-        pmin, pmax = float(patterns.min()), float(patterns.max())
         if pmin < lo or pmax > hi:
             raise LimitError(f"{self.name}: drive [{pmin:g}, {pmax:g}] exceeds the safe range "
                              f"[{lo:g}, {hi:g}]; nothing was sent")

@@ -64,11 +64,22 @@ def _buffer(frame: Any) -> memoryview:
     return buf if buf is not None else memoryview(frame)
 
 
+#: Accepted header dtype strings and the little-endian dtype each names (filled on first use:
+#: ``np.dtype(str)`` and ``dtype.name`` cost microseconds per call on the hot path).
+_PARSED: dict[str, np.dtype] = {}
+#: Header name of each dtype sent (``"float32"``...).
+_NAMES: dict[np.dtype, str] = {}
+
+
 def parse_dtype(name: str) -> np.dtype:
-    """The numpy dtype of a header dtype string (``"float32"``, ``"<f4"``, ``"f4"``...).
+    """The little-endian numpy dtype of a header dtype string (``"float32"``, ``"<f4"``,
+    ``"f4"``...).
 
     Raises ``ValueError`` for types the protocol does not carry.
     """
+    dt = _PARSED.get(name)
+    if dt is not None:
+        return dt
     try:
         dt = np.dtype(name)
     except TypeError as exc:
@@ -76,14 +87,26 @@ def parse_dtype(name: str) -> np.dtype:
     if dt.name not in ALLOWED_DTYPES or dt.byteorder == ">":
         raise ValueError(f"dtype {name!r} is not carried by protocol v1 "
                          f"(use one of {sorted(ALLOWED_DTYPES)}, little-endian)")
+    dt = dt.newbyteorder("<")
+    if len(_PARSED) < 256:  # bounded: a client cannot grow it without limit
+        _PARSED[name] = dt
     return dt
 
 
+def _dtype_name(dt: np.dtype) -> str:
+    name = _NAMES.get(dt)
+    if name is None:
+        name = _NAMES[dt] = dt.name
+    return name
+
+
 def _as_le_contiguous(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a)
+    """``a`` itself when it is a C-contiguous little-endian ndarray, else a converted copy."""
+    if type(a) is not np.ndarray:
+        a = np.asarray(a)
     if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and not _LITTLE):
         a = a.astype(a.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(a)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
 _LITTLE = np.little_endian
@@ -95,7 +118,7 @@ def encode(header: dict[str, Any], arrays: Iterable[tuple[str, np.ndarray]] = ()
     buffers: list[Buffer] = []
     for name, array in arrays:
         a = _as_le_contiguous(array)
-        specs.append({"name": name, "dtype": a.dtype.name, "shape": list(a.shape)})
+        specs.append({"name": name, "dtype": _dtype_name(a.dtype), "shape": list(a.shape)})
         buffers.append(memoryview(a).cast("B") if a.size else b"")
     if specs:
         header = {**header, "arrays": specs}
@@ -124,7 +147,7 @@ def _read_arrays(specs: Sequence[ArraySpec], frames: Sequence[Any],
             raise ProtocolError(ErrorCode.BAD_ARRAY,
                                 f"array {spec.name!r}: shape {spec.shape} of {dt.name} needs "
                                 f"{expected} bytes, frame has {buf.nbytes}", request_id)
-        a = np.frombuffer(buf, dtype=dt.newbyteorder("<")).reshape(spec.shape)
+        a = np.frombuffer(buf, dtype=dt).reshape(spec.shape)
         a.flags.writeable = False
         out[spec.name] = a
     return out

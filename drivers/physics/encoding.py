@@ -68,14 +68,14 @@ class Encoding(BaseModel):
 
     def combine(self, x: Any, theta: Any) -> Any:
         """The control vector ``u`` [B, control_dim] from x [B, n_x] and theta [P] or [B, P]."""
+        if self.layout == "add":  # a theta [P] broadcasts over the rows by itself
+            return x + theta
         batch = x.shape[0]
         if theta.ndim == 1:
             theta = theta.expand(batch, -1) if _is_torch(theta) else \
                 np.broadcast_to(theta, (batch, theta.shape[0]))
         if self.layout == "concat":
             return _cat([x, theta], 1)
-        if self.layout == "add":
-            return x + theta
         stacked = _torch().stack([x, theta], dim=2) if _is_torch(x) else np.stack([x, theta], 2)
         return stacked.reshape(batch, -1)
 
@@ -118,6 +118,9 @@ class Decoding(BaseModel):
     def decode(self, trace: Any, bins: int) -> Any:
         """y [B, bins] from a detector trace [B, samples]."""
         w = self.width(trace.shape[1], bins)
+        if w == 1 and self.reduce != "rms":  # one sample per bin: the samples themselves
+            y = trace[:, self.start:self.start + bins]
+            return y * self.scale if self.scale != 1.0 else y
         windows = trace[:, self.start:self.start + w * bins].reshape(trace.shape[0], bins, w)
         if self.reduce == "mean":
             y = windows.mean(2)

@@ -111,29 +111,37 @@ class PhysicalSystem:
     def measure(self, x: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, float]:
         """``y`` float32 [B, output_dim] and the instrument time (s) for a checked request."""
         batch = x.shape[0]
+        if batch <= self.chunk:  # the common case: the decoded trace itself, no copy
+            return self._measure_chunk(x, theta)
         y = np.empty((batch, self.config.output_dim), dtype=np.float32)
         spent = 0.0
         for start in range(0, batch, self.chunk):
             stop = min(start + self.chunk, batch)
             rows = theta[start:stop] if theta.ndim == 2 else theta
-            patterns = self.config.encode(x[start:stop], rows)
-            began = time.perf_counter()
-            try:
-                self.detector.arm(stop - start)
-                self.drive.output(patterns)
-                trace = self.detector.read()
-            except LimitError as exc:
-                raise SystemFault(f"refused by the drive's safety limits: {exc}", False) from exc
-            except InstrumentError as exc:
-                raise SystemFault(str(exc), exc.retryable) from exc
-            except Exception as exc:
-                raise SystemFault(f"{type(exc).__name__} in driver: {exc}", True) from exc
-            spent += time.perf_counter() - began
-            expected = (stop - start, self.detector.samples)
-            if trace.shape != expected:
-                raise SystemFault(f"{self.detector.name} returned shape {list(trace.shape)}, "
-                                  f"expected {list(expected)}", True)
-            y[start:stop] = self.config.decode(trace)
-            if not np.all(np.isfinite(y[start:stop])):
-                raise SystemFault(f"{self.detector.name} returned non-finite values", True)
+            y[start:stop], elapsed = self._measure_chunk(x[start:stop], rows)
+            spent += elapsed
         return y, spent
+
+    def _measure_chunk(self, x: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, float]:
+        """One instrument cycle (at most ``chunk`` rows): ``y`` and the instrument seconds."""
+        patterns = self.config.encode(x, theta)
+        began = time.perf_counter()
+        try:
+            self.detector.arm(x.shape[0])
+            self.drive.output(patterns)
+            trace = self.detector.read()
+        except LimitError as exc:
+            raise SystemFault(f"refused by the drive's safety limits: {exc}", False) from exc
+        except InstrumentError as exc:
+            raise SystemFault(str(exc), exc.retryable) from exc
+        except Exception as exc:
+            raise SystemFault(f"{type(exc).__name__} in driver: {exc}", True) from exc
+        spent = time.perf_counter() - began
+        expected = (x.shape[0], self.detector.samples)
+        if trace.shape != expected:
+            raise SystemFault(f"{self.detector.name} returned shape {list(trace.shape)}, "
+                              f"expected {list(expected)}", True)
+        y = self.config.decode(trace)
+        if not np.isfinite(y).all():
+            raise SystemFault(f"{self.detector.name} returned non-finite values", True)
+        return np.ascontiguousarray(y, dtype=np.float32), spent
