@@ -47,9 +47,10 @@ class LocalDaemon:
     def __init__(self, config: str | Path | None = None, store: str | Path | None = None,
                  log_level: str = "warning", extra_args: list[str] | None = None,
                  start_timeout_s: float = 60.0, stop_timeout_s: float = 30.0,
-                 curve: dict[str, bytes] | None = None) -> None:
-        """``curve``: a client's keys (``labd.client.curve_keys``) for a daemon that needs them."""
-        self.port = free_port()
+                 curve: dict[str, bytes] | None = None, port: int | None = None) -> None:
+        """``curve``: a client's keys (``labd.client.curve_keys``) for a daemon that needs them;
+        ``port``: a fixed control port (e.g. to restart a daemon where clients expect it)."""
+        self.port = port or free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
         self.events_endpoint = f"tcp://127.0.0.1:{free_port()}"
         self._args = [sys.executable, "-m", "labd", "--log-level", log_level, "serve",
