@@ -1,7 +1,8 @@
-"""``labd demo``: the main job on the embedded default, end to end on this machine.
+"""``labd survey``: measure one random batch on every system of a daemon and tabulate it.
 
-Starts a local daemon with the simulated rigs, queries every system through the client and
-prints a table of what came back, then stops the daemon cleanly.
+A quick health check of a rig: shapes, output ranges, the repeat noise (two measurements of the
+same batch) and the throughput of each system. Without ``--endpoint`` it starts a local daemon
+with the embedded default (the simulated rigs) and stops it afterwards.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from labd.daemon.process import LocalDaemon
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the main job on the embedded simulated rigs",
-                       description="Start a local daemon with the embedded default "
-                                   "(simulated rigs), query every system and print a table.")
+    p = sub.add_parser("survey", help="measure a random batch on every system, tabulate it",
+                       description=__doc__)
+    p.add_argument("--endpoint", help="daemon control endpoint (default: a local daemon with "
+                                      "the embedded default)")
     p.add_argument("--batch", type=int, default=64, help="shots per system (default 64)")
     p.set_defaults(func=run)
 
@@ -57,9 +59,12 @@ def print_table(rows: list[dict]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.endpoint:
+        print_table(survey(args.endpoint, args.batch))
+        return 0
     print("starting a local labd with the embedded default (simulated rigs)...")
     with LocalDaemon() as daemon:
-        print(f"daemon at {daemon.endpoint}; querying every system with {args.batch} shots")
+        print(f"daemon at {daemon.endpoint}; {args.batch} shots on every system")
         print_table(survey(daemon.endpoint, args.batch))
     print("daemon stopped cleanly")
     return 0
