@@ -14,7 +14,11 @@ Contract:
   ``timeout_s`` raises ``ReplyTimeout`` (retryable).
 * Retryable errors and lost replies are retried up to ``retries`` times with the *same* request
   ``id``, with a short backoff: the daemon answers a repeated ``id`` from its reply cache, so a
-  retry never measures twice.
+  retry never measures twice. When the connection drops (the daemon restarted), requests in
+  flight are sent again as soon as the link is back, without waiting for the timeout.
+* A daemon that refuses this client's CURVE key raises ``Unauthorized`` at once.
+* Arrays given to ``submit``/``forward`` are sent without copying: do not modify them until
+  the reply has arrived.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 import numpy as np
 import zmq
 import zmq.auth
+from zmq.utils.monitor import recv_monitor_message
 
 from protocols.frames import decode_reply, encode
 from protocols.v1 import DEFAULT_CONTROL_ENDPOINT, VERSION
@@ -94,6 +99,10 @@ class ReplyTimeout(LabError):
     code = "timeout"
 
 
+#: Connection events the client watches: a dropped link, a new one, a refused handshake.
+LINK_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+               | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+
 ERRORS: dict[str, type[LabError]] = {cls.code: cls for cls in (
     BadRequest, UnsupportedVersion, UnknownOp, UnknownSystem, BadArray, OutOfRange, TooLarge,
     Busy, InstrumentFault, Unauthorized)}
@@ -131,18 +140,44 @@ class LabClient:
             sock.curve_serverkey = self._curve["server_key"]
             sock.curve_publickey = self._curve["public_key"]
             sock.curve_secretkey = self._curve["secret_key"]
+        self._monitor = sock.get_monitor_socket(LINK_EVENTS)
+        self._poller = zmq.Poller()
+        self._poller.register(sock, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        self._link_lost = False
         sock.connect(self.endpoint)
         self._socket = sock
 
     def _reconnect(self) -> None:
-        if self._socket is not None:
-            self._socket.close(linger=0)
+        self.close()
         self._connect()
 
     def close(self) -> None:
         if self._socket is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
             self._socket.close(linger=0)
             self._socket = None
+
+    def _on_link_event(self) -> bool:
+        """Handle one connection event; True when pending requests were sent again.
+
+        A dropped connection (the daemon restarted, a cable was pulled) loses the requests in
+        flight: once the link is back they are sent again with their ids. A refused handshake
+        (CURVE key not allowed, or no key where one is needed) raises ``Unauthorized``.
+        """
+        event = recv_monitor_message(self._monitor)["event"]
+        if event == zmq.EVENT_DISCONNECTED:
+            self._link_lost = True
+        elif event in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+            raise Unauthorized(f"{self.endpoint} refused the connection's security handshake "
+                               f"(is this client's key on the daemon's allow-list?)")
+        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._link_lost:
+            self._link_lost = False
+            for frames, _ in self._pending.values():
+                self._socket.send_multipart(frames, copy=False)
+            return bool(self._pending)
+        return False
 
     def __enter__(self) -> LabClient:
         return self
@@ -169,12 +204,19 @@ class LabClient:
         """The reply header and arrays of request ``rid``; raises ``LabError`` on error replies
         and ``ReplyTimeout`` when nothing comes within the timeout."""
         assert self._socket is not None
-        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout
         while rid not in self._arrived:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._socket.poll(max(1, int(remaining * 1000))):
+            ready = dict(self._poller.poll(max(1, int(remaining * 1000)))) if remaining > 0 \
+                else {}
+            if not ready:
                 raise ReplyTimeout(f"no reply to {rid} from {self.endpoint} within "
-                                   f"{self.timeout_s:g} s", retryable=True)
+                                   f"{timeout:g} s", retryable=True)
+            if self._monitor in ready and self._on_link_event():
+                deadline = time.monotonic() + timeout  # sent again: a fresh timeout
+            if self._socket not in ready:
+                continue
             frames = self._socket.recv_multipart(copy=False)
             body = frames[1:] if frames and len(frames[0]) == 0 else frames
             header, arrays = decode_reply(body)

@@ -123,3 +123,23 @@ def test_default_daemon_serves_every_system(default_daemon):
             y = client.forward(name, x, theta)
             assert y.shape == (4, d["output_dim"]) and y.dtype == F4
             assert np.all(np.isfinite(y))
+
+
+def test_requests_in_flight_survive_a_daemon_restart(test_config_path):
+    """kill -9 while a request is being measured, restart on the same port: the client sends it
+    again as soon as the link is back, long before its timeout."""
+    first = LocalDaemon(config=test_config_path).start()
+    with LabClient(first.endpoint, timeout_s=60, retries=0) as client:
+        x = np.zeros((25, 4), F4)  # 0.5 s on the slow system
+        rid = client.submit("slow", x, np.zeros(4, F4))
+        time.sleep(0.15)
+        first.kill()
+        started = time.monotonic()
+        second = LocalDaemon(config=test_config_path, port=first.port).start()
+        try:
+            result = client.result(rid)
+            assert time.monotonic() - started < 30
+            assert result.y.shape == (25, 4) and result.elapsed_s >= 0.45
+            np.testing.assert_allclose(client.forward("fast", x[:2], np.zeros(4, F4)), 0.0)
+        finally:
+            assert second.stop() == 0
