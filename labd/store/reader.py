@@ -4,7 +4,9 @@ Contract:
 
 * ``StoreReader(path)`` opens the file read-only (safe while a daemon writes it: a reader sees
   committed measurements only). Files of an older schema are read after the daemon (or any
-  ``Store``) has upgraded them; the reader itself never writes.
+  ``Store``) has upgraded them. The reader writes only to finish a crash: when a daemon died
+  leaving measurements in the store's journal (``labd.store.journal``) and no process writes the
+  store now, opening it first ingests them, as SQLite replays a hot journal.
 * Every query takes the same filters, all optional and combined with AND: ``system``,
   ``since`` / ``until`` (time the request was received: UNIX seconds or ``datetime``; naive
   datetimes are local time; ``since`` inclusive, ``until`` exclusive), ``run`` (run id) and
@@ -34,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from labd.store import schema
+from labd.store.writer import recover_path
 
 FETCH = 16  # rows fetched from SQLite at a time
 
@@ -77,6 +80,7 @@ class StoreReader:
         self.path = Path(path).expanduser()
         if not self.path.exists():
             raise FileNotFoundError(f"no measurement store at {self.path}")
+        recover_path(self.path)
         self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
                                      check_same_thread=False)
         self._conn.execute("PRAGMA busy_timeout = 10000")

@@ -7,13 +7,16 @@ loggers settle on the same choice. HDF5 has no crash-safe transactions (a killed
 leave the file unreadable); a directory of ``.npy`` files has no atomic metadata and no queries.
 
 Guarantee (``synchronous = "normal"``, the default): ``record()`` returns only after the
-transaction holding the measurement has committed, i.e. its WAL frames were ``write()``-n to
-the operating system. The worker sends the reply after ``record()`` returns, so **every
-measurement whose reply reached a client is in the store after the daemon process dies in any
-way, ``kill -9`` included** (the OS still holds the written pages). It is *not* durable against
-power loss or an OS crash: the last commits before one may be lost (the file stays consistent;
-SQLite rolls back to an earlier commit). ``synchronous = "full"`` fsyncs the WAL at every
-commit, which extends the guarantee to power loss at the cost of one fsync per group commit.
+measurement was appended to the store's journal (``labd.store.journal``: one ``writev`` to the
+operating system, no SQLite commit on the serving path); the writer thread ingests journal
+entries into SQLite in groups, and opening the store after a crash (``Store`` or
+``StoreReader``) replays what was not ingested, exactly once. The worker sends the reply after
+``record()`` returns, so **every measurement whose reply reached a client is in the store after
+the daemon process dies in any way, ``kill -9`` included** (the OS still holds the written
+pages). It is *not* durable against power loss or an OS crash: the last measurements before one
+may be lost (the database stays consistent). ``synchronous = "full"`` fsyncs the journal at
+every record and the WAL at every commit, which extends the guarantee to power loss at the cost
+of one fsync per request.
 
 Contract:
 
@@ -24,23 +27,28 @@ Contract:
   ``record = false`` (see ``reserve``). Sequence numbers therefore never repeat across restarts.
 * ``start_run(config, devices)`` stores the run record (full config JSON, package versions,
   ``describe()`` of every system: no hidden parameter) and starts the writer thread.
-* ``record(m)`` (any thread, concurrently) queues the measurement and blocks until the writer
-  thread has committed the group holding it (group commit: one transaction, one
-  ``executemany`` per group of whatever arrived meanwhile). The arrays are bound as
-  memoryviews of the request's buffers, not copied in Python. Raises ``StoreError`` if the
-  commit failed or the store is closed.
+* ``record(m)`` (any thread, concurrently) appends the measurement to the journal and queues
+  it for the writer thread, which commits whatever arrived meanwhile as one transaction (group
+  commit, one ``executemany``). The arrays go to the journal and to SQLite as memoryviews of
+  the request's buffers, never copied in Python. Raises ``StoreError`` if the journal write
+  failed, the store is closed, or the numbers ``seq .. seq + rows - 1`` overlap numbers already
+  recorded (the unique index on ``seq``, checked in memory before anything is written). A
+  failed SQLite commit does not lose data: it is logged and retried; the journal holds it.
+  When ingestion falls ``MAX_JOURNAL_BYTES`` behind, ``record`` waits for it (back-pressure).
 * ``reserve(system, seq, rows)``: the same for a measurement of an unrecorded system: only the
   high-water mark and the system's unrecorded counts are committed.
+* One process writes a store at a time: the journal is locked (``StoreError`` otherwise).
 * Growth: with ``max_age_days`` measurements received earlier are deleted; with ``max_bytes``
   the oldest measurements are deleted until the database's used pages fit. **Pruning deletes
   data.** It runs in the writer thread at start and every ``prune_interval_s``, never per
   request; freed pages are returned to the file system (incremental auto-vacuum).
-* ``close()`` commits what is queued, stops the thread and closes the file (checkpointing the
-  WAL into the main file).
+* ``close()`` commits what is queued, stops the thread and closes the files (checkpointing the
+  WAL into the main file). The journal file stays, fully ingested, for the next start.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import logging
@@ -51,7 +59,7 @@ import socket
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
@@ -61,6 +69,7 @@ import numpy as np
 from labd.config import StoreConfig
 from labd.daemon.recording import Measurement
 from labd.store import schema
+from labd.store.journal import Journal, JournalBusy, journal_path
 
 log = logging.getLogger("labd.store")
 
@@ -78,6 +87,12 @@ ROW_OVERHEAD = 256
 CHECKPOINT_BYTES = 16 * 1024 * 1024
 #: The WAL file is cut back to this size when it restarts after a burst.
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
+#: The journal is emptied when ingestion has caught up and it holds at least this much.
+JOURNAL_RESET_BYTES = 64 * 1024 * 1024
+#: ``record`` waits for ingestion while the journal is larger than this (back-pressure).
+MAX_JOURNAL_BYTES = 512 * 1024 * 1024
+#: Seconds between two attempts to commit a group that failed.
+RETRY_S = 1.0
 PACKAGES = ("labd", "numpy", "torch", "pyzmq", "pydantic")
 
 _INSERT = """INSERT INTO measurements (run, system, seq, rows, client, request_id, received,
@@ -85,6 +100,7 @@ _INSERT = """INSERT INTO measurements (run, system, seq, rows, client, request_i
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 _UNRECORDED = """INSERT INTO unrecorded VALUES (?, 1, ?) ON CONFLICT(system)
     DO UPDATE SET requests = requests + 1, rows = rows + excluded.rows"""
+_COUNTER = """INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = ?"""
 
 
 class StoreError(Exception):
@@ -106,16 +122,139 @@ def _blob(a: np.ndarray) -> memoryview:
     return memoryview(np.ascontiguousarray(a, dtype="<f4")).cast("B")
 
 
+_EMPTY = memoryview(b"")
+
+
 @dataclass(slots=True)
 class _Pending:
-    """One queued write and the event its caller waits on."""
+    """One journaled write waiting for ingestion into SQLite."""
 
     row: tuple[Any, ...] | None = None  # a measurement
     reserve: tuple[str, int] | None = None  # (system, rows) of an unrecorded measurement
     end: int = 0  # seq + rows
     nbytes: int = 0
-    done: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
+    offset: int = 0  # journal offset after this entry
+
+
+class _Claims:
+    """Sequence numbers recorded by this process, as merged ``[start, end)`` spans above the
+    high-water mark ``floor`` found at start (everything below it was recorded before)."""
+
+    def __init__(self, floor: int) -> None:
+        self.floor = floor
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def claim(self, start: int, end: int) -> bool:
+        """Take ``[start, end)``; False (nothing taken) if any of it was taken before."""
+        if start < self.floor:
+            return False
+        starts, ends = self._starts, self._ends
+        i = bisect.bisect_right(starts, start)
+        if (i > 0 and ends[i - 1] > start) or (i < len(starts) and starts[i] < end):
+            return False
+        if i > 0 and ends[i - 1] == start:
+            ends[i - 1] = end
+            i -= 1
+        else:
+            starts.insert(i, start)
+            ends.insert(i, end)
+        if i + 1 < len(starts) and starts[i + 1] == ends[i]:
+            ends[i] = ends.pop(i + 1)
+            del starts[i + 1]
+        if starts[0] == self.floor:  # keep the list short: consecutive numbers merge into it
+            self.floor = ends.pop(0)
+            del starts[0]
+        return True
+
+
+def _row(meta: dict[str, Any], x: Any, theta: Any, y: Any) -> tuple[Any, ...]:
+    """The ``measurements`` row of a journal entry's metadata and arrays."""
+    return (meta["run"], meta["system"], meta["seq"], meta["rows"], meta["client"],
+            meta["request_id"], meta["received"], meta["done"], meta["elapsed_s"],
+            json.dumps(meta["x_shape"]), json.dumps(meta["theta_shape"]),
+            json.dumps(meta["y_shape"]), x, theta, y)
+
+
+def _counter(conn: sqlite3.Connection, name: str, default: int) -> int:
+    row = conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+    return default if row is None else int(row[0])
+
+
+def _ingest(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
+            reserved: list[tuple[str, int]], end: int, epoch: int, offset: int) -> None:
+    """One transaction: measurements, unrecorded counts, high-water mark, journal position."""
+    conn.execute("BEGIN")
+    try:
+        if rows:
+            conn.executemany(_INSERT, rows)
+        if reserved:
+            conn.executemany(_UNRECORDED, reserved)
+        conn.execute("UPDATE counters SET value = max(value, ?) WHERE name = 'next_seq'",
+                     (end,))
+        conn.executemany(_COUNTER, [("journal_epoch", epoch, epoch),
+                                    ("journal_offset", offset, offset)])
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+def recover(conn: sqlite3.Connection, journal: Journal, fsync: bool = False) -> int:
+    """Ingest the journal entries the database lacks (a crashed writer's), then empty the
+    journal under a new epoch; return the number of entries ingested."""
+    epoch = _counter(conn, "journal_epoch", -1)
+    start = _counter(conn, "journal_offset", 0) if journal.epoch == epoch else 0
+    rows: list[tuple[Any, ...]] = []
+    reserved: list[tuple[str, int]] = []
+    end, offset = 0, start
+    for entry in journal.entries(start):
+        meta = entry.meta
+        if meta["kind"] == "measurement":
+            rows.append(_row(meta, entry.x, entry.theta, entry.y))
+        else:
+            reserved.append((meta["system"], meta["rows"]))
+        end = max(end, meta["seq"] + meta["rows"])
+        offset = entry.end
+    if rows or reserved:
+        _ingest(conn, rows, reserved, end, journal.epoch, offset)
+        log.warning("store: recovered %d measurements and %d unrecorded counts from the "
+                    "journal of a writer that died", len(rows), len(reserved))
+    fresh = max(epoch, journal.epoch) + 1
+    journal.reset(fresh, fsync)  # the file first: a crash now replays nothing
+    _ingest(conn, [], [], 0, fresh, journal.end)
+    return len(rows) + len(reserved)
+
+
+def _unreplayed(conn: sqlite3.Connection, journal: Journal) -> bool:
+    """Whether the journal holds records the database has not ingested."""
+    epoch = _counter(conn, "journal_epoch", -1)
+    start = _counter(conn, "journal_offset", 0) if journal.epoch == epoch else 0
+    return next(journal.entries(start), None) is not None
+
+
+def recover_path(path: str | Path) -> int:
+    """Replay the journal of the store at ``path`` if a crashed writer left one and no live
+    process writes the store (what ``StoreReader`` calls on opening); return entries ingested.
+    """
+    p = Path(path).expanduser()
+    jpath = journal_path(p)
+    if not jpath.exists() or jpath.stat().st_size == 0:
+        return 0
+    try:
+        journal = Journal.open(jpath)
+    except JournalBusy:
+        return 0  # a live daemon ingests it
+    try:
+        conn = connect(p)
+        try:
+            return recover(conn, journal) if _unreplayed(conn, journal) else 0
+        finally:
+            conn.close()
+    finally:
+        journal.close()
 
 
 def connect(path: str | Path, synchronous: Synchronous = "normal") -> sqlite3.Connection:
@@ -148,12 +287,28 @@ class Store:
         self.max_age_days = max_age_days
         self.prune_interval_s = prune_interval_s
         self._conn = connect(self.path, synchronous)
+        self._fsync = synchronous == "full"
+        try:
+            self._journal = Journal.open(journal_path(self.path))
+        except JournalBusy as exc:
+            self._conn.close()
+            raise StoreError(str(exc)) from None
+        try:
+            recover(self._conn, self._journal, self._fsync)
+        except BaseException:
+            self._journal.close()
+            self._conn.close()
+            raise
         self._next_seq = int(self._conn.execute(
             "SELECT max(coalesce((SELECT value FROM counters WHERE name = 'next_seq'), 0), "
             "coalesce((SELECT seq + rows FROM measurements ORDER BY seq DESC LIMIT 1), 0))"
         ).fetchone()[0])
+        self._claims = _Claims(self._next_seq)
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()  # orders close() after every accepted put
+        # Orders journal appends, queue puts and close(); the writer notifies on progress.
+        self._lock = threading.Lock()
+        self._progress = threading.Condition(self._lock)
+        self._ingested = self._journal.end  # journal offset up to which SQLite has it
         self._closed = False
         self._run: int | None = None
         self._thread = threading.Thread(target=self._write_loop, name="labd-store", daemon=True)
@@ -189,16 +344,21 @@ class Store:
             raise StoreError("record before start_run")
         x, theta, y = _blob(m.x), _blob(m.theta), _blob(m.y)
         rows = m.x.shape[0]
-        self._submit(_Pending(
-            row=(self._run, m.system, m.seq, rows, m.client, m.request_id, m.received, m.done,
-                 m.elapsed_s, json.dumps(m.x.shape), json.dumps(m.theta.shape),
-                 json.dumps(m.y.shape), x, theta, y),
-            end=m.seq + rows, nbytes=x.nbytes + theta.nbytes + y.nbytes))
+        meta = {"kind": "measurement", "run": self._run, "system": m.system, "seq": m.seq,
+                "rows": rows, "client": m.client, "request_id": m.request_id,
+                "received": m.received, "done": m.done, "elapsed_s": m.elapsed_s,
+                "x_shape": list(m.x.shape), "theta_shape": list(m.theta.shape),
+                "y_shape": list(m.y.shape)}
+        self._submit(meta, (x, theta, y), _Pending(
+            row=_row(meta, x, theta, y), end=m.seq + rows,
+            nbytes=x.nbytes + theta.nbytes + y.nbytes))
 
     def reserve(self, system: str, seq: int, rows: int) -> None:
         if self._run is None:
             raise StoreError("reserve before start_run")
-        self._submit(_Pending(reserve=(system, rows), end=seq + rows))
+        meta = {"kind": "reserve", "system": system, "seq": seq, "rows": rows}
+        self._submit(meta, (_EMPTY, _EMPTY, _EMPTY),
+                     _Pending(reserve=(system, rows), end=seq + rows))
 
     def close(self) -> None:
         with self._lock:
@@ -206,24 +366,38 @@ class Store:
                 return
             self._closed = True
             self._queue.put(None)
+            self._progress.notify_all()
         if self._thread.is_alive():
             self._thread.join()
         if self._checkpointer.is_alive():
             self._checkpoint_wanted.set()
             self._checkpointer.join()
+        if self._ingested != self._journal.end:  # commits kept failing
+            log.error("store: %d journal bytes not ingested; the next opening of the store "
+                      "replays them", self._journal.end - self._ingested)
+        self._journal.close()
         self._checkpoint_conn.close()
         self._conn.close()
 
     # -- callers' side ------------------------------------------------------------------------
 
-    def _submit(self, pending: _Pending) -> None:
+    def _submit(self, meta: dict[str, Any], arrays: tuple[memoryview, memoryview, memoryview],
+                pending: _Pending) -> None:
+        seq, rows = meta["seq"], meta["rows"]
         with self._lock:
+            while (self._journal.end - self._ingested > MAX_JOURNAL_BYTES
+                   and not self._closed):
+                self._progress.wait()
             if self._closed:
                 raise StoreError("the store is closed")
+            if not self._claims.claim(seq, seq + rows):
+                raise StoreError(f"measurement not stored: UNIQUE constraint failed: numbers "
+                                 f"{seq}..{seq + rows - 1} overlap numbers already recorded")
+            try:
+                pending.offset = self._journal.append(meta, *arrays, fsync=self._fsync)
+            except OSError as exc:
+                raise StoreError(f"measurement not stored: {exc}") from exc
             self._queue.put(pending)
-        pending.done.wait()
-        if pending.error is not None:
-            raise StoreError(f"measurement not stored: {pending.error}") from pending.error
 
     # -- the writer thread --------------------------------------------------------------------
 
@@ -250,7 +424,8 @@ class Store:
                     break
                 group.append(item)
                 size += item.nbytes
-            self._commit(group)
+            if not self._commit(group):
+                return  # closing while commits fail: the journal keeps the rest for replay
             if self._since_checkpoint >= CHECKPOINT_BYTES:
                 self._since_checkpoint = 0
                 self._checkpoint_wanted.set()
@@ -258,31 +433,37 @@ class Store:
                 self._prune()
                 next_prune = time.monotonic() + self.prune_interval_s
 
-    def _commit(self, group: list[_Pending]) -> None:
-        conn = self._conn
+    def _commit(self, group: list[_Pending]) -> bool:
+        """Ingest ``group`` (in journal order), retrying every ``RETRY_S`` while it fails; then
+        empty the journal if everything in it is ingested and it has grown large. False if the
+        store closed while the commit kept failing."""
         rows = [p.row for p in group if p.row is not None]
         reserved = [p.reserve for p in group if p.reserve is not None]
-        try:
-            if rows or reserved:
-                conn.execute("BEGIN")
-                if rows:
-                    conn.executemany(_INSERT, rows)
-                if reserved:
-                    conn.executemany(_UNRECORDED, reserved)
-                conn.execute("UPDATE counters SET value = max(value, ?) WHERE name = 'next_seq'",
-                             (max(p.end for p in group),))
-                conn.execute("COMMIT")
-                self._since_checkpoint += sum(p.nbytes for p in group)
-        except BaseException as exc:  # every waiter learns of the failure; the thread goes on
-            log.exception("store: cannot commit %d measurements", len(group))
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            for p in group:
-                p.error = exc
-        finally:
-            for p in group:
-                p.done.set()
+        if not (rows or reserved):
+            return True
+        offset = max(p.offset for p in group)
+        while True:
+            try:
+                _ingest(self._conn, rows, reserved, max(p.end for p in group),
+                        self._journal.epoch, offset)
+                break
+            except sqlite3.Error:
+                log.exception("store: cannot commit %d measurements (kept in the journal; "
+                              "retrying in %g s)", len(group), RETRY_S)
+                if self._closed:
+                    return False
+                time.sleep(RETRY_S)
+        self._since_checkpoint += sum(p.nbytes for p in group)
+        with self._lock:  # no append can run meanwhile
+            self._ingested = offset
+            if offset == self._journal.end >= JOURNAL_RESET_BYTES:
+                fresh = self._journal.epoch + 1
+                self._journal.reset(fresh, self._fsync)  # a crash now replays nothing
+                self._ingested = self._journal.end
+                with contextlib.suppress(sqlite3.Error):  # if it fails: replay finds nothing
+                    _ingest(self._conn, [], [], 0, fresh, self._ingested)
+            self._progress.notify_all()
+        return True
 
     def _checkpoint_loop(self) -> None:
         """Copy committed WAL frames into the main file when asked (PASSIVE: never blocks the
