@@ -1,0 +1,234 @@
+"""Instrument duty cycle of PAT training: the fraction of wall time the instrument measures.
+
+The SHG vowel network (``labd.train.arch`` default for vowels on shg, backward through the
+nominal model) is trained with PAT for ``--epochs`` epochs against the SHG stand-in in realtime
+timing (``shot_s`` per shot, default 1 ms, as the real spectrometer's integration time), three
+ways, from the same initial parameters and with the same minibatch order:
+
+* ``reference``: the physical function called in-process and synchronously (no daemon, no
+  network): the plain training loop with ``PhysicalSystem.measure`` as the forward;
+* ``labd_sync``: the plain loop through a daemon (``LocalDaemon``, store disabled), one
+  synchronous ``forward`` per physical layer and minibatch, as ``Trainer`` does;
+* ``labd_pipelined``: the same training through the same daemon with
+  ``labd.train.pipeline.pipelined_step`` (chunks of ``--chunk`` rows in a wavefront; each
+  chunk's backward pass overlaps the measurement of the others).
+
+Duty cycle = sum of the instrument time of every measurement (``elapsed_s``: the time the
+instrument spent, from ``detector.arm`` to the end of ``detector.read``) over the wall time of
+the training steps (forward, loss, backward, optimiser step; no evaluation). Target for the
+daemon: at least 90%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from drivers.physics.nominal import nominal_model
+from labd.client import LabClient
+from labd.config import default_config_text, load_config
+from labd.daemon.process import LocalDaemon
+from labd.daemon.system import PhysicalSystem
+from labd.train.arch import Arch, build_network, default_arch
+from labd.train.datasets import Dataset, load_task
+from labd.train.hardware import Hardware
+from labd.train.layers import PhysicalNetwork
+from labd.train.pipeline import pipelined_step
+
+DESCRIPTION = "instrument duty cycle of PAT training of SHG vowels at 1 ms per shot"
+
+SYSTEM = "shg"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=int, default=5, help="training epochs per approach")
+    p.add_argument("--chunk", type=int, default=7,
+                   help="rows per request in the pipelined approach (default 7)")
+    p.add_argument("--shot-s", type=float, default=0.001,
+                   help="instrument seconds per shot, realtime timing (default 0.001)")
+    p.add_argument("--quick", action="store_true", help="one epoch each (a smoke test)")
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    figures = measure_duty(1 if args.quick else args.epochs, args.chunk, args.shot_s)
+    for name in ("reference", "labd_sync", "labd_pipelined"):
+        f = figures[name]
+        print(f"{name:<15} duty {100 * f['duty_cycle']:5.1f}%   {f['shots']:>6} shots   "
+              f"wall {f['wall_s']:6.2f} s   instrument {f['instrument_s']:6.2f} s   "
+              f"last epoch loss {f['last_epoch_loss']:.3f}")
+    return figures
+
+
+def shg_config(shot_s: float) -> str:
+    """The default configuration's SHG system alone, in realtime timing at ``shot_s``."""
+    text = default_config_text()
+    block = re.search(r"^\[systems\.shg\]\n(?:[^\[].*\n?)*", text, re.MULTILINE)
+    if block is None:
+        raise RuntimeError("no [systems.shg] table in the default configuration")
+    bench = {**(load_config().systems[SYSTEM].bench or {}), "timing": "realtime",
+             "shot_s": shot_s}
+    inline = ", ".join(f"{k} = {json.dumps(v)}" for k, v in bench.items())
+    return re.sub(r"^bench = .*$", f"bench = {{ {inline} }}", block.group(0), flags=re.MULTILINE)
+
+
+class InProcess:
+    """The reference: ``Hardware``'s interface over a ``PhysicalSystem`` in this process."""
+
+    def __init__(self, system: PhysicalSystem) -> None:
+        self.system = system
+        self.description = system.describe()
+        self.input_range = tuple(system.config.input_range)
+        self.param_range = tuple(system.config.param_range)
+        self.queries = 0
+        self.instrument_s = 0.0
+
+    def forward(self, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        x = np.clip(np.asarray(x, dtype=np.float32), *self.input_range)
+        theta = np.clip(np.asarray(theta, dtype=np.float32), *self.param_range)
+        y, elapsed = self.system.measure(x, theta)
+        self.instrument_s += elapsed
+        self.queries += int(x.shape[0])
+        return y
+
+
+class TimedClient:
+    """A ``LabClient`` whose ``forward`` also adds up the replies' ``elapsed_s``."""
+
+    def __init__(self, client: LabClient) -> None:
+        self.client = client
+        self.instrument_s = 0.0
+
+    def describe(self, system: str) -> dict[str, Any]:
+        return self.client.describe(system)
+
+    def forward(self, system: str, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        result = self.client.measure(system, x, theta)
+        self.instrument_s += result.elapsed_s
+        return result.y
+
+
+def _network(arch: Arch, data: Dataset, description: dict[str, Any], seed: int
+             ) -> PhysicalNetwork:
+    """The vowel network, its rescalings and readout initialised on the nominal model."""
+    model = nominal_model(description)
+    net = build_network(arch, data.n_features, data.n_classes,
+                        [(description, model, None) for _ in range(arch.depth)], seed)
+    net.set_path("model")
+    with torch.no_grad():
+        net.initialise(torch.from_numpy(data.x_train))
+    net.set_path("pat")
+    return net
+
+
+def _optimiser(net: PhysicalNetwork, arch: Arch) -> torch.optim.Optimizer:
+    """Adam with the physical and digital learning rates, as ``Trainer`` builds it, in its
+    fused implementation (the same algorithm; one step costs 0.23 instead of 0.87 ms for
+    this network's few small tensors, and the step is on the critical path of every
+    approach)."""
+    physical = [p for layer in net.physical_layers() for p in layer.parameters()]
+    ids = {id(p) for p in physical}
+    digital = [p for p in net.parameters() if id(p) not in ids]
+    return torch.optim.Adam([{"params": physical, "lr": arch.lr},
+                             {"params": digital, "lr": arch.lr_digital}], fused=True)
+
+
+def _train(net: PhysicalNetwork, data: Dataset, arch: Arch, epochs: int, seed: int,
+           step: Callable[[torch.Tensor, torch.Tensor], float]) -> tuple[float, float]:
+    """``epochs`` epochs of minibatches (the order ``Trainer`` uses); ``step`` does forward
+    and backward and returns the minibatch's mean loss. Returns (wall seconds, last epoch's
+    mean loss)."""
+    opt = _optimiser(net, arch)
+    x = torch.from_numpy(data.x_train)
+    y = torch.from_numpy(data.y_train)
+    net.train()
+    began = time.perf_counter()
+    loss_sum = 0.0
+    for epoch in range(epochs):
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(
+            seed * 100003 + epoch))
+        loss_sum = 0.0
+        for i in range(0, len(y), arch.batch_size):
+            idx = perm[i:i + arch.batch_size]
+            opt.zero_grad()
+            loss_sum += step(x[idx], y[idx]) * len(idx)
+            opt.step()
+    return time.perf_counter() - began, loss_sum / len(y)
+
+
+def _figures(shots: int, instrument_s: float, wall_s: float, loss: float) -> dict[str, Any]:
+    return {"duty_cycle": instrument_s / wall_s, "shots": shots, "wall_s": wall_s,
+            "instrument_s": instrument_s, "last_epoch_loss": loss}
+
+
+def measure_duty(epochs: int = 5, chunk: int = 7, shot_s: float = 0.001,
+                 seed: int = 0) -> dict[str, Any]:
+    """Duty cycles of the three approaches (module docstring)."""
+    torch.set_num_threads(1)
+    data = load_task("vowels", None, None)
+    arch = default_arch("vowels", SYSTEM)
+    ce_mean, ce_sum = nn.CrossEntropyLoss(), nn.CrossEntropyLoss(reduction="sum")
+    out: dict[str, Any] = {"system": SYSTEM, "shot_s": shot_s, "epochs": epochs, "chunk": chunk,
+                           "batch_size": arch.batch_size, "depth": arch.depth,
+                           "backward": "nominal model"}
+    with tempfile.TemporaryDirectory(prefix="labd-bench-duty-") as tmp:
+        config = Path(tmp) / "shg.toml"
+        config.write_text(shg_config(shot_s))
+        system_config = load_config(config).systems[SYSTEM]
+        reference = InProcess(PhysicalSystem.from_config(SYSTEM, system_config))
+        net0 = _network(arch, data, reference.description, seed)
+
+        def plain(net: PhysicalNetwork) -> Callable[[torch.Tensor, torch.Tensor], float]:
+            def step(xb: torch.Tensor, yb: torch.Tensor) -> float:
+                loss = ce_mean(net(xb), yb)
+                loss.backward()
+                return loss.item()
+            return step
+
+        net = copy.deepcopy(net0)
+        for layer in net.physical_layers():
+            layer.hardware = reference  # type: ignore[assignment]
+        reference.system.open()
+        try:
+            wall, loss = _train(net, data, arch, epochs, seed, plain(net))
+        finally:
+            reference.system.close()
+        out["reference"] = _figures(reference.queries, reference.instrument_s, wall, loss)
+
+        with LocalDaemon(config=config) as daemon, LabClient(daemon.endpoint) as client:
+            timed = TimedClient(client)
+            hw = Hardware(timed, SYSTEM, daemon.endpoint)
+            net = copy.deepcopy(net0)
+            for layer in net.physical_layers():
+                layer.hardware = hw
+            wall, loss = _train(net, data, arch, epochs, seed, plain(net))
+            out["labd_sync"] = _figures(hw.queries, timed.instrument_s, wall, loss)
+
+            hw = Hardware(client, SYSTEM, daemon.endpoint)
+            net = copy.deepcopy(net0)
+            for layer in net.physical_layers():
+                layer.hardware = hw
+            instrument = [0.0]
+
+            def pipelined(xb: torch.Tensor, yb: torch.Tensor) -> float:
+                result = pipelined_step(net, xb, yb, ce_sum, chunk)
+                instrument[0] += result.instrument_s
+                return result.loss
+
+            wall, loss = _train(net, data, arch, epochs, seed, pipelined)
+            out["labd_pipelined"] = _figures(hw.queries, instrument[0], wall, loss)
+    best = out["labd_pipelined"]
+    out.update(duty_cycle=best["duty_cycle"], shots=best["shots"], wall_s=best["wall_s"],
+               reference_duty_cycle=out["reference"]["duty_cycle"],
+               sync_duty_cycle=out["labd_sync"]["duty_cycle"])
+    return out

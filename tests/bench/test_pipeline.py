@@ -1,0 +1,70 @@
+"""The pipelined PAT step computes the plain loop's gradient: same loss, same gradients of every
+parameter, whatever the chunk size (a deterministic stand-in makes the two comparable)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from drivers.physics.nominal import nominal_model
+from labd.client import ForwardResult
+from labd.config import load_config
+from labd.daemon.system import PhysicalSystem
+from labd.train.arch import build_network, default_arch
+from labd.train.datasets import load_task
+from labd.train.hardware import Hardware
+from labd.train.pipeline import pipelined_step
+
+
+class Deterministic:
+    """A client whose 'hardware' is the nominal model without noise, answering in order."""
+
+    def __init__(self, description: dict[str, Any]) -> None:
+        self.description = description
+        self.model = nominal_model(description)
+        self.pending: dict[str, np.ndarray] = {}
+
+    def describe(self, system: str) -> dict[str, Any]:
+        return self.description
+
+    def forward(self, system: str, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.model(torch.from_numpy(x), torch.from_numpy(theta)).numpy()
+
+    def submit(self, system: str, x: np.ndarray, theta: np.ndarray) -> str:
+        rid = str(len(self.pending))
+        self.pending[rid] = self.forward(system, x, theta)
+        return rid
+
+    def result(self, rid: str) -> ForwardResult:
+        return ForwardResult(y=self.pending[rid], seq=0, elapsed_s=0.001)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 21])
+def test_pipelined_gradient_equals_plain(chunk: int) -> None:
+    torch.set_num_threads(1)
+    description = PhysicalSystem.from_config("shg", load_config().systems["shg"]).describe()
+    data = load_task("vowels", None, None)
+    arch = default_arch("vowels", "shg")
+    hw = Hardware(Deterministic(description), "shg")
+    net = build_network(arch, data.n_features, data.n_classes,
+                        [(description, nominal_model(description), hw)] * arch.depth, seed=3)
+    with torch.no_grad():
+        net.initialise(torch.from_numpy(data.x_train[:64]))
+    other = copy.deepcopy(net)
+    x, labels = torch.from_numpy(data.x_train[:21]), torch.from_numpy(data.y_train[:21])
+
+    loss = nn.CrossEntropyLoss()(net(x), labels)
+    loss.backward()
+    step = pipelined_step(other, x, labels, nn.CrossEntropyLoss(reduction="sum"), chunk)
+
+    assert step.loss == pytest.approx(float(loss), rel=1e-5)
+    assert step.instrument_s == pytest.approx(0.001 * arch.depth * -(-21 // chunk))
+    for (name, p), q in zip(net.named_parameters(), other.parameters(), strict=True):
+        assert q.grad is not None, name
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
