@@ -38,7 +38,7 @@ def test_twin_from_store_matches_twin_from_fresh_collection(tmp_path):
     from_fresh, _ = fit_twin(fresh, description, **FIT)
     e_store = nrmse(from_store, judge.x, judge.theta, judge.y)
     e_fresh = nrmse(from_fresh, judge.x, judge.theta, judge.y)
-    print(f"held-out NRMSE: twin from store {e_store:.4f}, from a fresh collection "
-          f"{e_fresh:.4f}")
+    print(f"held-out NRMSE: twin from store {e_store:.6f}, from a fresh collection "
+          f"{e_fresh:.6f}")
     assert e_store < 0.2 and e_fresh < 0.2
     assert abs(e_store - e_fresh) < 0.25 * max(e_store, e_fresh)
