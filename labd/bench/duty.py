@@ -10,8 +10,9 @@ ways, from the same initial parameters and with the same minibatch order:
 * ``labd_sync``: the plain loop through a daemon (``LocalDaemon``, store disabled), one
   synchronous ``forward`` per physical layer and minibatch, as ``Trainer`` does;
 * ``labd_pipelined``: the same training through the same daemon with
-  ``labd.train.pipeline.pipelined_step`` (chunks of ``--chunk`` rows in a wavefront; each
-  chunk's backward pass overlaps the measurement of the others).
+  ``labd.train.pipeline.pipelined_step`` (each minibatch cut into ``--chunks`` requests
+  per layer, in a wavefront; each chunk's backward pass overlaps the measurement of the
+  others).
 
 Duty cycle = sum of the instrument time of every measurement (``elapsed_s``: the time the
 instrument spent, from ``detector.arm`` to the end of ``detector.read``) over the wall time of
@@ -53,15 +54,17 @@ SYSTEM = "shg"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=5, help="training epochs per approach")
-    p.add_argument("--chunk", type=int, default=7,
-                   help="rows per request in the pipelined approach (default 7)")
+    p.add_argument("--chunks", type=int, default=2,
+                   help="requests each minibatch is cut into per physical layer in the "
+                        "pipelined approach (default 2: fewer requests cost less overhead, "
+                        "more overlap more of the backward pass)")
     p.add_argument("--shot-s", type=float, default=0.001,
                    help="instrument seconds per shot, realtime timing (default 0.001)")
     p.add_argument("--quick", action="store_true", help="one epoch each (a smoke test)")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    figures = measure_duty(1 if args.quick else args.epochs, args.chunk, args.shot_s)
+    figures = measure_duty(1 if args.quick else args.epochs, args.chunks, args.shot_s)
     for name in ("reference", "labd_sync", "labd_pipelined"):
         f = figures[name]
         print(f"{name:<15} duty {100 * f['duty_cycle']:5.1f}%   {f['shots']:>6} shots   "
@@ -171,12 +174,13 @@ def _figures(shots: int, instrument_s: float, wall_s: float, loss: float) -> dic
             "instrument_s": instrument_s, "last_epoch_loss": loss}
 
 
-def measure_duty(epochs: int = 5, chunk: int = 7, shot_s: float = 0.001,
+def measure_duty(epochs: int = 5, chunks: int = 2, shot_s: float = 0.001,
                  seed: int = 0) -> dict[str, Any]:
     """Duty cycles of the three approaches (module docstring)."""
     torch.set_num_threads(1)
     data = load_task("vowels", None, None)
     arch = default_arch("vowels", SYSTEM)
+    chunk = -(-arch.batch_size // chunks)  # rows per request
     ce_mean, ce_sum = nn.CrossEntropyLoss(), nn.CrossEntropyLoss(reduction="sum")
     out: dict[str, Any] = {"system": SYSTEM, "shot_s": shot_s, "epochs": epochs, "chunk": chunk,
                            "batch_size": arch.batch_size, "depth": arch.depth,

@@ -1,7 +1,9 @@
 """``labd bench NAME``: run one benchmark of ``labd.bench`` and print (or save) its figures.
 
 Benchmarks are found by module: every ``labd.bench.NAME`` module with ``DESCRIPTION``,
-``add_arguments(parser)`` and ``main(args) -> dict`` becomes ``labd bench NAME``.
+``add_arguments(parser)`` and ``main(args) -> dict`` becomes ``labd bench NAME``. Every
+benchmark's figures get ``machine``: the CPU count and the 1-minute load average before and
+after the run (other processes on the machine skew every timing).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import pkgutil
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    before = os.getloadavg()[0]
     figures: dict[str, Any] = args.bench_main(args)
+    # Other processes on the machine skew every timing: say how loaded it was.
+    figures["machine"] = {"cpus": os.cpu_count(), "load_1min_before": round(before, 2),
+                          "load_1min_after": round(os.getloadavg()[0], 2)}
     width = max(map(len, figures), default=0)
     for key, value in figures.items():
         if isinstance(value, list | dict):  # tables: the benchmark printed them; see --json
