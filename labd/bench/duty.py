@@ -17,7 +17,9 @@ ways, from the same initial parameters and with the same minibatch order:
 Duty cycle = sum of the instrument time of every measurement (``elapsed_s``: the time the
 instrument spent, from ``detector.arm`` to the end of ``detector.read``) over the wall time of
 the training steps (forward, loss, backward, optimiser step; no evaluation). Target for the
-daemon: at least 90%.
+daemon: at least 90%. ``nominal_duty_cycle`` counts ``shots * shot_s`` instead: a simulated
+instrument's ``elapsed_s`` includes its own late wake-ups from ``sleep`` on a loaded machine,
+which flatters an approach with more (smaller) requests; the nominal figure does not.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     figures = measure_duty(1 if args.quick else args.epochs, args.chunks, args.shot_s)
     for name in ("reference", "labd_sync", "labd_pipelined"):
         f = figures[name]
-        print(f"{name:<15} duty {100 * f['duty_cycle']:5.1f}%   {f['shots']:>6} shots   "
+        print(f"{name:<15} duty {100 * f['duty_cycle']:5.1f}% (nominal "
+              f"{100 * f['nominal_duty_cycle']:5.1f}%)   {f['shots']:>6} shots   "
               f"wall {f['wall_s']:6.2f} s   instrument {f['instrument_s']:6.2f} s   "
               f"last epoch loss {f['last_epoch_loss']:.3f}")
     return figures
@@ -169,9 +172,11 @@ def _train(net: PhysicalNetwork, data: Dataset, arch: Arch, epochs: int, seed: i
     return time.perf_counter() - began, loss_sum / len(y)
 
 
-def _figures(shots: int, instrument_s: float, wall_s: float, loss: float) -> dict[str, Any]:
-    return {"duty_cycle": instrument_s / wall_s, "shots": shots, "wall_s": wall_s,
-            "instrument_s": instrument_s, "last_epoch_loss": loss}
+def _figures(shots: int, instrument_s: float, wall_s: float, loss: float,
+             shot_s: float) -> dict[str, Any]:
+    return {"duty_cycle": instrument_s / wall_s, "nominal_duty_cycle": shots * shot_s / wall_s,
+            "shots": shots, "wall_s": wall_s, "instrument_s": instrument_s,
+            "last_epoch_loss": loss}
 
 
 def measure_duty(epochs: int = 5, chunks: int = 2, shot_s: float = 0.001,
@@ -207,7 +212,8 @@ def measure_duty(epochs: int = 5, chunks: int = 2, shot_s: float = 0.001,
             wall, loss = _train(net, data, arch, epochs, seed, plain(net))
         finally:
             reference.system.close()
-        out["reference"] = _figures(reference.queries, reference.instrument_s, wall, loss)
+        out["reference"] = _figures(reference.queries, reference.instrument_s, wall, loss,
+                                    shot_s)
 
         with LocalDaemon(config=config) as daemon, LabClient(daemon.endpoint) as client:
             timed = TimedClient(client)
@@ -216,7 +222,7 @@ def measure_duty(epochs: int = 5, chunks: int = 2, shot_s: float = 0.001,
             for layer in net.physical_layers():
                 layer.hardware = hw
             wall, loss = _train(net, data, arch, epochs, seed, plain(net))
-            out["labd_sync"] = _figures(hw.queries, timed.instrument_s, wall, loss)
+            out["labd_sync"] = _figures(hw.queries, timed.instrument_s, wall, loss, shot_s)
 
             hw = Hardware(client, SYSTEM, daemon.endpoint)
             net = copy.deepcopy(net0)
@@ -230,9 +236,10 @@ def measure_duty(epochs: int = 5, chunks: int = 2, shot_s: float = 0.001,
                 return result.loss
 
             wall, loss = _train(net, data, arch, epochs, seed, pipelined)
-            out["labd_pipelined"] = _figures(hw.queries, instrument[0], wall, loss)
+            out["labd_pipelined"] = _figures(hw.queries, instrument[0], wall, loss, shot_s)
     best = out["labd_pipelined"]
-    out.update(duty_cycle=best["duty_cycle"], shots=best["shots"], wall_s=best["wall_s"],
+    out.update(duty_cycle=best["duty_cycle"], nominal_duty_cycle=best["nominal_duty_cycle"],
+               shots=best["shots"], wall_s=best["wall_s"],
                reference_duty_cycle=out["reference"]["duty_cycle"],
                sync_duty_cycle=out["labd_sync"]["duty_cycle"])
     return out
