@@ -69,13 +69,13 @@ class ReplyCache:
         self._entries = entries
         self._max_bytes = max_bytes
         self._bytes = 0
-        self._replies: OrderedDict[tuple[bytes, str], tuple[list[Any], int]] = OrderedDict()
+        self._replies: OrderedDict[tuple[str, str], tuple[list[Any], int]] = OrderedDict()
 
-    def get(self, key: tuple[bytes, str]) -> list[Any] | None:
+    def get(self, key: tuple[str, str]) -> list[Any] | None:
         hit = self._replies.get(key)
         return None if hit is None else hit[0]
 
-    def put(self, key: tuple[bytes, str], frames: list[Any]) -> None:
+    def put(self, key: tuple[str, str], frames: list[Any]) -> None:
         if self._entries == 0:
             return
         size = sum(len(f) for f in frames)
@@ -99,7 +99,7 @@ class Daemon:
                         for name, cfg in config.systems.items()}
         self.workers: dict[str, SystemWorker] = {}
         self.inline_counts: dict[str, list[int]] = {}  # name -> [served, errors]
-        self._inflight: set[tuple[bytes, str]] = set()
+        self._inflight: set[tuple[str, str]] = set()
         self._cache = ReplyCache(config.server.reply_cache)
         self._server_keys: tuple[bytes, bytes] | None = None
         self._authenticator: Authenticator | None = None
@@ -183,7 +183,7 @@ class Daemon:
             message = (f"{name}: an instrument call hung for more than {timeout:g} s; it was "
                        f"abandoned and the instruments are being reopened")
             log.error("%s", message)
-            self._inflight.discard((job.envelope[0], job.request_id))
+            self._inflight.discard((job.client, job.request_id))
             self._send(job.envelope, error_reply(job.request_id, ErrorCode.INSTRUMENT_FAULT,
                                                  message, retryable=True))
             self._publish("fault", {"system": name, "message": message, "retryable": True})
@@ -250,11 +250,11 @@ class Daemon:
             if kind == b"event":
                 self._publish(msg[1].bytes.decode(), json.loads(msg[2].bytes))
                 continue
-            request_id = msg[1].bytes.decode()
-            n_env = int(msg[2].bytes)
-            envelope = [f.bytes for f in msg[3:3 + n_env]]
-            frames = msg[3 + n_env:]
-            key = (envelope[0], request_id)
+            client, request_id = msg[1].bytes.decode(), msg[2].bytes.decode()
+            n_env = int(msg[3].bytes)
+            envelope = [f.bytes for f in msg[4:4 + n_env]]
+            frames = msg[4 + n_env:]
+            key = (client, request_id)
             self._inflight.discard(key)
             if kind == b"forward":
                 self._cache.put(key, frames)
@@ -357,13 +357,13 @@ class Daemon:
         except ProtocolError as exc:
             exc.request_id = rid
             raise
-        key = (envelope[0], rid)
+        key = (client, rid)  # the key's name under CURVE: a forged routing id gains nothing
         cached = self._cache.get(key)
         if cached is not None:
-            log.info("repeated id %r from %s: answered from the cache", rid, envelope[0].hex())
+            log.info("repeated id %r from %s: answered from the cache", rid, client)
             return cached
         if key in self._inflight:
-            log.info("repeated id %r from %s while in flight: dropped", rid, envelope[0].hex())
+            log.info("repeated id %r from %s while in flight: dropped", rid, client)
             return None
         job = Job(envelope=envelope, client=client, request_id=rid, x=x,
                   theta=theta, received=time.time())

@@ -53,10 +53,10 @@ class Job:
 
 def pipe_message(kind: bytes, job: Job, frames: list[Buffer]) -> list[Buffer]:
     """What a worker sends to the server thread: kind (``forward`` for a measurement, ``error``
-    for a failure, which is not cached so that a retry measures), request id, envelope size,
-    envelope, reply frames."""
-    return [kind, job.request_id.encode(), str(len(job.envelope)).encode(), *job.envelope,
-            *frames]
+    for a failure, which is not cached so that a retry measures), client, request id, envelope
+    size, envelope, reply frames."""
+    return [kind, job.client.encode(), job.request_id.encode(), str(len(job.envelope)).encode(),
+            *job.envelope, *frames]
 
 
 def measure_job(system: PhysicalSystem, job: Job) -> tuple[np.ndarray, float] | SystemFault:
