@@ -209,23 +209,29 @@ def recover(conn: sqlite3.Connection, journal: Journal, fsync: bool = False) -> 
     start = _counter(conn, "journal_offset", 0) if journal.epoch == epoch else 0
     rows: list[tuple[Any, ...]] = []
     reserved: list[tuple[str, int]] = []
-    end, offset = 0, start
-    for entry in journal.entries(start):
+    end, size, done, offset = 0, 0, 0, start
+    for entry in journal.entries(start):  # committed in groups of at most MAX_GROUP_BYTES
         meta = entry.meta
         if meta["kind"] == "measurement":
             rows.append(_row(meta, entry.x, entry.theta, entry.y))
+            size += len(entry.x) + len(entry.theta) + len(entry.y)
         else:
             reserved.append((meta["system"], meta["rows"]))
         end = max(end, meta["seq"] + meta["rows"])
+        if size >= MAX_GROUP_BYTES:
+            _ingest(conn, rows, reserved, end, journal.epoch, entry.end)
+            done += len(rows) + len(reserved)
+            rows, reserved, size = [], [], 0
         offset = entry.end
     if rows or reserved:
         _ingest(conn, rows, reserved, end, journal.epoch, offset)
-        log.warning("store: recovered %d measurements and %d unrecorded counts from the "
-                    "journal of a writer that died", len(rows), len(reserved))
+        done += len(rows) + len(reserved)
+    if done:
+        log.warning("store: recovered %d entries from the journal of a writer that died", done)
     fresh = max(epoch, journal.epoch) + 1
     journal.reset(fresh, fsync)  # the file first: a crash now replays nothing
     _ingest(conn, [], [], 0, fresh, journal.end)
-    return len(rows) + len(reserved)
+    return done
 
 
 def _unreplayed(conn: sqlite3.Connection, journal: Journal) -> bool:

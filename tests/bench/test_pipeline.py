@@ -63,7 +63,7 @@ def test_pipelined_gradient_equals_plain(chunk: int) -> None:
     loss.backward()
     step = pipelined_step(other, x, labels, nn.CrossEntropyLoss(reduction="sum"), chunk)
 
-    assert step.loss == pytest.approx(float(loss), rel=1e-5)
+    assert step.loss == pytest.approx(loss.item(), rel=1e-5)
     assert step.instrument_s == pytest.approx(0.001 * arch.depth * -(-21 // chunk))
     for (name, p), q in zip(net.named_parameters(), other.parameters(), strict=True):
         assert q.grad is not None, name
