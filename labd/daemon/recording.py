@@ -30,6 +30,17 @@ class Measurement:
     elapsed_s: float  # instrument time (s)
 
 
+@dataclass(slots=True, frozen=True)
+class Reply:
+    """A recorded measurement as the reply it produced (to answer a retried request id)."""
+
+    client: str
+    request_id: str
+    seq: int
+    elapsed_s: float
+    y: np.ndarray
+
+
 class Recorder(Protocol):
     def next_seq(self) -> int:
         """The first measurement number this run may use."""
@@ -39,6 +50,9 @@ class Recorder(Protocol):
 
     def record(self, measurement: Measurement) -> None:
         """Store one measurement; durable when this returns."""
+
+    def recent(self, limit: int) -> list[Reply]:
+        """The last ``limit`` recorded measurements, oldest first."""
 
     def reserve(self, system: str, seq: int, rows: int) -> None:
         """A measurement of a system with ``record = false`` took numbers ``seq`` to

@@ -11,8 +11,9 @@ Contract (protocol v1, see ``protocols/v1.py``):
   concurrently. Replies come back from the workers through an inproc PULL socket.
 * A forward request is identified by (client, ``id``). A repeat of an ``id`` whose measurement
   succeeded gets the cached reply again (failures are not cached: a retry measures); a repeat
-  of one still being measured is dropped (the
-  client gets the one reply when it is ready). Nothing is measured twice.
+  of one still being measured is dropped (the client gets the one reply when it is ready).
+  With a store, the cache starts filled with the last recorded measurements, so a retry across
+  a crash and restart is answered from the record. Nothing is measured or recorded twice.
 * A watchdog abandons an instrument call that hangs past the system's ``timeout_s``: the
   request is answered ``instrument_fault`` (retryable), the system is marked ``fault``, and a
   fresh worker with freshly opened instruments takes over its queue. The daemon never freezes.
@@ -151,6 +152,9 @@ class Daemon:
         if self.recorder is not None:
             self.recorder.start_run(self.config.model_dump(mode="json"),
                                     {n: s.describe() for n, s in self.systems.items()})
+            for r in self.recorder.recent(server.reply_cache):  # retries across a restart
+                self._cache.put((r.client, r.request_id), ok_reply(
+                    r.request_id, {"seq": r.seq, "elapsed_s": r.elapsed_s}, [("y", r.y)]))
         for name, system in self.systems.items():
             if system.config.inline:
                 system.open()

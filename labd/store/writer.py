@@ -35,6 +35,8 @@ Contract:
   recorded (the unique index on ``seq``, checked in memory before anything is written). A
   failed SQLite commit does not lose data: it is logged and retried; the journal holds it.
   When ingestion falls ``MAX_JOURNAL_BYTES`` behind, ``record`` waits for it (back-pressure).
+* ``recent(limit)``: the last recorded measurements as ``Reply`` records, for the daemon's
+  reply cache after a restart.
 * ``reserve(system, seq, rows)``: the same for a measurement of an unrecorded system: only the
   high-water mark and the system's unrecorded counts are committed.
 * One process writes a store at a time: the journal is locked (``StoreError`` otherwise).
@@ -67,7 +69,7 @@ from typing import Any, Literal
 import numpy as np
 
 from labd.config import StoreConfig
-from labd.daemon.recording import Measurement
+from labd.daemon.recording import Measurement, Reply
 from labd.store import schema
 from labd.store.journal import Journal, JournalBusy, journal_path
 
@@ -332,6 +334,18 @@ class Store:
 
     def next_seq(self) -> int:
         return self._next_seq
+
+    def recent(self, limit: int) -> list[Reply]:
+        """The last ``limit`` recorded measurements as the replies they produced, oldest
+        first: the daemon re-fills its reply cache with them at start, so a client that
+        retries a request across a crash and restart gets the recorded reply instead of a
+        second measurement."""
+        rows = self._conn.execute(
+            "SELECT client, request_id, seq, elapsed_s, y_shape, y FROM measurements "
+            "ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+        return [Reply(client, rid, seq, elapsed,
+                      np.frombuffer(y, dtype="<f4").reshape(json.loads(shape)))
+                for client, rid, seq, elapsed, shape, y in reversed(rows)]
 
     def start_run(self, config: dict[str, Any], devices: dict[str, Any]) -> None:
         if self._run is not None:

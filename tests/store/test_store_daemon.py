@@ -168,3 +168,26 @@ def test_data_info_and_export(tmp_path: Path, config: Path) -> None:
     assert labd("data", "export", "--store", str(store), "--out", str(out)).returncode == 0
     assert labd("data", "export", "--store", str(store), "--system", "none",
                 "--out", str(out)).returncode == 2
+
+
+def test_a_retry_across_kill_9_is_answered_from_the_record(tmp_path):
+    """The reply to a recorded measurement is lost with the daemon; the client retries the
+    same id at the restarted daemon and gets the recorded measurement, not a second one."""
+    store = tmp_path / "m.sqlite"
+    first = LocalDaemon(store=store).start()
+    x = np.full((3, 12), 0.25, np.float32)
+    theta = np.full(12, 0.5, np.float32)
+    with LabClient(first.endpoint, timeout_s=30) as client:
+        rid = client.send("forward", {"system": "loopback"}, (("x", x), ("theta", theta)))
+        before = client.result(rid)
+        first.kill()
+        second = LocalDaemon(store=store, port=first.port).start()
+        try:
+            again = client.result(client.send("forward", {"system": "loopback"},
+                                              (("x", x), ("theta", theta)), request_id=rid))
+        finally:
+            second.stop()
+    assert again.seq == before.seq
+    np.testing.assert_array_equal(again.y, before.y)
+    with StoreReader(store) as reader:
+        assert [r.request_id for r in reader.records()].count(rid) == 1
