@@ -71,7 +71,7 @@ def _substep(i: float, v: float, drive: float, a: float, kappa: float, b: float,
     return i1, v1
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True, nogil=True)
 def integrate(drive: np.ndarray, r: np.ndarray, ell: np.ndarray, c: np.ndarray,
               i_s: np.ndarray, nvt: np.ndarray, dt: float, substeps: int,
               states: np.ndarray) -> np.ndarray:
@@ -104,7 +104,7 @@ def integrate(drive: np.ndarray, r: np.ndarray, ell: np.ndarray, c: np.ndarray,
     return out
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True, nogil=True)
 def adjoint(grad_out: np.ndarray, states: np.ndarray, r: np.ndarray, ell: np.ndarray,
             c: np.ndarray, i_s: np.ndarray, nvt: np.ndarray, dt: float,
             substeps: int) -> np.ndarray:

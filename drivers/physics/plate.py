@@ -93,7 +93,7 @@ def mode_coefficients(freqs: np.ndarray, zetas: np.ndarray, dt: float) -> np.nda
                      e * (cs - sigma / wd * sn), w * w, 2 * sigma], axis=-1)
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True, nogil=True)
 def respond(force: np.ndarray, coef: np.ndarray, b: np.ndarray, c: np.ndarray,
             beta: np.ndarray) -> np.ndarray:
     """Modal acceleration ``sum_k c_k q_k''`` [B, T] under ``force`` [B, T] from rest.
@@ -127,7 +127,7 @@ def respond(force: np.ndarray, coef: np.ndarray, b: np.ndarray, c: np.ndarray,
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def highpass(drive: np.ndarray, alpha: float) -> np.ndarray:
     """First-order high-pass ``y[n] = alpha (y[n-1] + x[n] - x[n-1])`` from rest, [B, T]."""
     out = np.empty_like(drive)

@@ -38,7 +38,7 @@ ADC_BITS = 14
 ADC_RANGE = 2.5  # volts, +- full scale
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def lowpass(drive: np.ndarray, alpha: float) -> np.ndarray:
     """One-pole low-pass ``y[n] = y[n-1] + alpha (x[n] - y[n-1])`` from rest, [B, T]."""
     out = np.empty_like(drive)
