@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 
 import zmq
 
@@ -65,5 +66,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: daemon.stop())
+    # A worker computing in Python holds the GIL for up to the switch interval (5 ms by
+    # default) before the server thread may answer; 1 ms keeps hello/status and other systems
+    # responsive while a simulated system computes.
+    sys.setswitchinterval(0.001)
     daemon.serve()
     return 0
