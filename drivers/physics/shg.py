@@ -94,12 +94,21 @@ def sh_counts(field: Any, pm: Any, pixel: Any) -> Any:
     matrix including the counts scale. All torch tensors (differentiable) or all numpy arrays
     (the bench: single-threaded, so it keeps its pace on a busy machine).
     """
-    fft = torch.fft if isinstance(field, torch.Tensor) else np.fft
     n = 2 * field.shape[1] - 1
     nfft = 1 << (n - 1).bit_length()
-    spectrum = fft.fft(field, n=nfft)
-    sh = fft.ifft(spectrum * spectrum)[:, :n] * pm
-    return (sh.real ** 2 + sh.imag ** 2) @ pixel
+    if isinstance(field, torch.Tensor):
+        spectrum = torch.fft.fft(field, n=nfft)
+        sh = torch.fft.ifft(spectrum * spectrum)[:, :n] * pm
+        return (sh.real ** 2 + sh.imag ** 2) @ pixel
+    # numpy (the bench): single precision and in place, about twice as fast as complex128
+    # with fresh temporaries; counts carry 16 bits, far above float32's rounding.
+    spectrum = np.fft.fft(field.astype(np.complex64, copy=False), n=nfft)
+    spectrum *= spectrum
+    sh = np.fft.ifft(spectrum)[:, :n]
+    sh *= pm.astype(np.float32, copy=False)
+    power = np.abs(sh)
+    power *= power
+    return power @ pixel.astype(np.float32, copy=False)
 
 
 def counts_scale(a0: np.ndarray, pm: np.ndarray, pixel: np.ndarray, full_counts: float) -> float:
