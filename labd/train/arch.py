@@ -47,6 +47,10 @@ class Arch:
     twin_repeats: int = 2
     twin_epochs: int = 60
     twin_hidden: tuple[int, ...] = (256, 256)
+    #: Twin family (``None``: ``residual`` where the system has a nominal model, else ``mlp``).
+    twin_family: str | None = None
+    #: ``pat`` mode: refine the twin on PAT's own measurements (``labd.train.twins.TwinRefiner``).
+    refine: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,13 +61,24 @@ DEFAULTS: dict[tuple[str, str], Arch] = {
     # The paper's SHG vowel design (element-wise rescaling between SHG layers, classes read
     # from output bins of the last layer) with 2 layers instead of 5: on the stand-in's
     # nominal model 2 layers train to 97% train / 94% test in 100 epochs, 5 layers to < 70%.
+    # PAT refines the twin on its own measurements (91.8% against 89.8% test without, seed 0).
     ("vowels", "shg"): Arch(depth=2, epochs=100, batch_size=21, lr=0.05, lr_digital=0.05,
-                            twin_epochs=30),
-    ("mnist", "plate"): Arch(depth=1, epochs=8, batch_size=256, lr=0.02, lr_digital=0.01),
-    ("mnist", "oscillator"): Arch(depth=1, epochs=8, batch_size=256, lr=0.02, lr_digital=0.01),
-    # Hybrid: digital linear layers feeding SHG passes, as in the paper's 97% MNIST network.
-    ("mnist", "shg"): Arch(depth=2, units=8, hybrid=True, readout="linear", epochs=8,
-                           batch_size=256, lr=0.02, lr_digital=0.003),
+                            twin_samples=10000, twin_epochs=20, refine=True),
+    # Plate and oscillator MNIST: one physical layer (784 rescaled pixels in, 196 detector
+    # windows out) read by a digital linear layer. The oscillator's nominal model integrates
+    # a stiff ODE (slow on a CPU, also in every backward pass): its twin is a plain MLP.
+    ("mnist", "plate"): Arch(depth=1, readout="linear", epochs=3, batch_size=128, lr=0.02,
+                             lr_digital=0.01, twin_samples=5000, twin_epochs=10),
+    ("mnist", "oscillator"): Arch(depth=1, readout="linear", epochs=3, batch_size=128,
+                                  lr=0.02, lr_digital=0.01, twin_samples=10000, twin_epochs=30,
+                                  twin_family="mlp"),
+    # Hybrid: a digital linear layer feeding 8 SHG passes side by side (96 physical outputs),
+    # then a digital linear readout, as in the paper's 97% MNIST network but one physical
+    # layer deep: a second one doubles the cost (~40 s of CPU per epoch on the 2-core box).
+    # 3 epochs: 95.3% test (seed 0).
+    ("mnist", "shg"): Arch(depth=1, units=8, hybrid=True, readout="linear", epochs=8,
+                           batch_size=256, lr=0.02, lr_digital=0.01, twin_samples=10000,
+                           twin_epochs=15),
     ("vowels", "loopback"): Arch(depth=2, hybrid=True, readout="linear", epochs=40,
                                  batch_size=30, twin_samples=2000, twin_epochs=20,
                                  twin_hidden=(64,)),
@@ -77,24 +92,56 @@ def default_arch(task: str, system: str, **overrides: Any) -> Arch:
 
 
 class Resample(nn.Module):
-    """Fixed linear interpolation of a vector from ``n_in`` to ``n_out`` elements."""
+    """Fixed linear interpolation of a vector from ``n_in`` to ``n_out`` elements per unit.
 
-    def __init__(self, n_in: int, n_out: int) -> None:
+    ``[B, n_in]`` -> ``[B, units * n_out]``: the interpolated vector, repeated once per unit
+    (side-by-side copies of a system all see the same input; each has its own rescaling).
+    """
+
+    def __init__(self, n_in: int, n_out: int, units: int = 1) -> None:
         super().__init__()
+        self.n_in = n_in
         self.n_out = n_out
+        self.units = units
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.interpolate(y[:, None, :], size=self.n_out, mode="linear",
-                                         align_corners=True)[:, 0, :]
+        if self.n_in != self.n_out:
+            y = nn.functional.interpolate(y[:, None, :], size=self.n_out, mode="linear",
+                                          align_corners=True)[:, 0, :]
+        return y.repeat(1, self.units) if self.units > 1 else y
+
+
+class Bypass(nn.Module):
+    """The digital-only stand-in for a physical layer: a fixed window mean, same shapes.
+
+    ``[B, units * n_in]`` -> ``[B, units * n_out]``: each unit's input is cut into ``n_out``
+    equal contiguous windows (any remainder at the end unused) and each window averaged, as
+    the stand-ins' detectors reduce their traces. Nothing is trained and nothing is physical:
+    a network with bypasses instead of physical layers, with the same digital parts, is the
+    baseline that says what the physics adds.
+    """
+
+    def __init__(self, n_in: int, n_out: int, units: int = 1) -> None:
+        super().__init__()
+        if n_out > n_in:
+            raise ValueError(f"a bypass cannot widen {n_in} inputs to {n_out} outputs")
+        self.n_in, self.n_out, self.units = n_in, n_out, units
+        self.width = n_in // n_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(x.shape[0] * self.units, self.n_in)[:, : self.width * self.n_out]
+        pooled = rows.reshape(rows.shape[0], self.n_out, self.width).mean(2)
+        return pooled.reshape(x.shape[0], self.units * self.n_out)
 
 
 def build_network(arch: Arch, n_features: int, n_classes: int,
                   layers: list[tuple[dict[str, Any], nn.Module, Hardware | None]],
-                  seed: int = 0) -> PhysicalNetwork:
+                  seed: int = 0, bypass: bool = False) -> PhysicalNetwork:
     """The network for ``arch``; ``layers[i]`` = (description, digital model, hardware).
 
     ``len(layers)`` must equal ``arch.depth`` (the caller decides which daemon each layer
-    lives on).
+    lives on). ``bypass``: every physical layer replaced by a ``Bypass`` (the digital-only
+    baseline; the hardware and models are then unused).
     """
     if len(layers) != arch.depth:
         raise ValueError(f"arch has {arch.depth} physical layers, got {len(layers)}")
@@ -107,9 +154,14 @@ def build_network(arch: Arch, n_features: int, n_classes: int,
         if arch.hybrid:
             blocks.append(nn.Linear(features, need))
         elif features != need:
-            blocks.append(Resample(features, need))
+            per_unit = int(description["input_dim"])
+            blocks.append(Resample(features, per_unit, need // per_unit))
         blocks.append(Rescale(need, tuple(description["input_range"]), arch.squash))
-        blocks.append(PhysicalLayer(description, model, hardware, arch.units, gen))
+        if bypass:
+            blocks.append(Bypass(int(description["input_dim"]), int(description["output_dim"]),
+                                 arch.units))
+        else:
+            blocks.append(PhysicalLayer(description, model, hardware, arch.units, gen))
         features = arch.units * int(description["output_dim"])
     if arch.readout == "groups":
         blocks.append(GroupReadout(features, n_classes))

@@ -4,11 +4,13 @@ Each command has ``add_*_arguments(parser)`` and a function taking the parsed
 ``argparse.Namespace`` and returning an exit code; ``register(subparsers)`` adds them all
 (``train``, ``twin collect``, ``twin fit``, ``reproduce``, ``demo``):
 
-* ``labd train (--task vowels|mnist | --data FILE.csv) --system NAME --mode pat|insilico|twin
+* ``labd train (--task vowels|mnist | --data FILE.csv) --system NAME
+  --mode pat|insilico|twin|bypass
   [--endpoint E ...] [--seed N] --out DIR [--epochs N] [--resume]``
 * ``labd twin collect --system S --out FILE.npz [--endpoint E] [--samples N] [--repeats R]``
 * ``labd twin fit --data FILE.npz --out TWIN.pt [--family mlp|residual]``
-* ``labd reproduce [--quick] [--json PATH] [--out DIR] [--seeds N]``
+* ``labd reproduce [--quick] [--json PATH] [--out DIR] [--seeds N] [--only T:S:M ...]``,
+  ``labd reproduce --combine PART.json ... --json PATH``
 * ``labd demo [--out DIR]``
 
 Without ``--endpoint`` a local daemon with the embedded default configuration runs for the
@@ -31,8 +33,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--data", metavar="FILE.csv",
                      help="a CSV data set: feature columns, 'label', optional 'split'")
     p.add_argument("--system", required=True, help="the daemon's system to train on")
-    p.add_argument("--mode", required=True, choices=["pat", "insilico", "twin"],
-                   help="pat: hardware forward, twin backward; insilico: nominal model, then "
+    p.add_argument("--mode", required=True, choices=["pat", "insilico", "twin", "bypass"],
+                   help="pat: hardware forward, twin backward; bypass: digital-only baseline "
+                        "(physical layers replaced by fixed window means); "
+                        "insilico: nominal model, then "
                         "evaluated on the hardware; twin: twin-trained, evaluated on hardware")
     p.add_argument("--endpoint", action="append", metavar="E",
                    help="daemon control endpoint; repeat to spread layers over daemons "
@@ -44,8 +48,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--twin", metavar="TWIN.pt", help="use this twin instead of fitting one")
     p.add_argument("--backward", choices=["twin", "nominal"], default="twin",
                    help="pat mode: the model whose gradient is used (default: twin)")
-    p.add_argument("--refine-twin", action="store_true",
-                   help="pat mode: keep refining the twin on the measurements PAT makes")
+    p.add_argument("--refine-twin", action=argparse.BooleanOptionalAction,
+                   help="pat mode: keep refining the twin on the measurements PAT makes "
+                        "(default: the design's; on for SHG vowels)")
     p.add_argument("--mnist-dir", metavar="DIR", help="directory of the 4 MNIST IDX files")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -127,18 +132,30 @@ def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
                    help="MNIST subsets and fewer epochs (pipeline check, minutes)")
     p.add_argument("--json", metavar="PATH", help="results JSON (default OUT/results.json)")
     p.add_argument("--out", default="reproduce", metavar="DIR", help="run folders")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int,
+                   help="seeds per experiment (default 3; 1 with --quick)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the first seed (to add seeds to an earlier reproduction)")
     p.add_argument("--endpoint", help="daemon endpoint (default: start a local daemon)")
     p.add_argument("--only", action="append", metavar="TASK:SYSTEM:MODE",
                    help="run only experiments matching this prefix (repeatable)")
     p.add_argument("--mnist-dir", metavar="DIR")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--combine", nargs="+", metavar="PART.json",
+                   help="train nothing: merge these result files (reproduce processes run "
+                        "side by side) into --json and print the table")
 
 
 def reproduce(args: argparse.Namespace) -> int:
+    from labd.train.reproduce import combine
     from labd.train.reproduce import reproduce as run
 
-    run(args.out, quick=args.quick, seeds=args.seeds, json_path=args.json,
+    if args.combine:
+        combine(args.combine, args.json or Path(args.out) / "results.json")
+        return 0
+    seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
+    run(args.out, quick=args.quick, seeds=seeds, first_seed=args.first_seed,
+        json_path=args.json,
         endpoint=args.endpoint, only=args.only, mnist_dir=args.mnist_dir,
         progress=not args.no_progress)
     return 0

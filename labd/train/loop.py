@@ -4,6 +4,8 @@ Contract of ``Trainer(network, dataset, config, run_dir, hardware)``:
 
 * training path: ``pat`` mode trains with the hardware forward and the model backward;
   ``insilico`` and ``twin`` modes train on the digital model alone (``model`` path);
+  ``bypass`` (the digital-only baseline, no physical layer at all) trains and evaluates the
+  digital network and makes no physical query;
 * every epoch: test accuracy *on the hardware* (whatever the mode), the digital model's test
   accuracy for the digital modes, a row appended to ``run_dir/metrics.csv`` and a checkpoint
   ``run_dir/checkpoint.pt`` (state dicts of the network, optimiser, scheduler and any refined
@@ -57,7 +59,7 @@ class Trainer:
     def __init__(self, network: PhysicalNetwork, dataset: Dataset, config: LoopConfig,
                  run_dir: str | Path, hardware: list[Hardware],
                  refiners: list[TwinRefiner] | None = None) -> None:
-        if config.mode not in ("pat", "insilico", "twin"):
+        if config.mode not in ("pat", "insilico", "twin", "bypass"):
             raise ValueError(f"unknown mode {config.mode!r}")
         self.net = network
         self.data = dataset
@@ -192,7 +194,7 @@ class Trainer:
             test_acc = float(np.mean(self.predict(self.data.x_test, "hardware")
                                      == self.data.y_test))
             model_acc = None
-            if self.cfg.mode != "pat":
+            if self.cfg.mode in ("insilico", "twin"):
                 model_acc = float(np.mean(self.predict(self.data.x_test, "model")
                                           == self.data.y_test))
             self.epoch = epoch + 1
@@ -220,7 +222,7 @@ class Trainer:
         np.add.at(confusion, (self.data.y_test, pred), 1)
         examples = [t[:8].numpy() for t in keep[: len(self.net.physical_layers())]]
         model_acc = None
-        if self.cfg.mode != "pat":
+        if self.cfg.mode in ("insilico", "twin"):
             model_acc = float(np.mean(self.predict(self.data.x_test, "model")
                                       == self.data.y_test))
         return {"test_accuracy": test_acc, "train_accuracy": train_acc,

@@ -1,17 +1,25 @@
 """``labd reproduce``: the paper's experiments on the stand-ins, as one table.
 
 Experiments (each over ``seeds``): SHG vowels with PAT, in silico and twin-trained; plate
-MNIST; oscillator MNIST; hybrid SHG + digital MNIST (all PAT). ``quick`` trains on MNIST
-subsets with fewer epochs (a smoke test of the whole pipeline, not the paper's figures).
+MNIST; oscillator MNIST; hybrid SHG + digital MNIST (all PAT); and, beside plate and oscillator,
+the digital-only baseline (``bypass`` mode: the same digital parts, the physical layer replaced
+by a fixed window mean of the same sizes) that says what the physics adds. ``quick`` trains
+on MNIST subsets with fewer epochs (a smoke test of the whole pipeline, not the paper's
+figures).
+
+``combine(paths)`` merges the result files of several ``reproduce`` processes (e.g. run side by
+side with disjoint ``only`` filters) into one report.
 
 All runs use one local daemon (the embedded default configuration) unless ``endpoint`` is
-given. Results: ``out/<system>-<task>-<mode>-s<seed>/`` run folders, ``out/results.json``
-(or ``json_path``) with a ``results`` list (system, task, mode, seed, test_accuracy,
+given. Results: ``out/<experiment key>-s<seed>/`` run folders, ``out/results.json`` (or
+``json_path``, rewritten after every run so an interrupted reproduction keeps what it
+finished) with a ``results`` list (system, task, mode, seed, test_accuracy,
 train_accuracy, physical_queries, wall_s, ...) and the printed table.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import statistics
 import time
@@ -19,39 +27,60 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from labd.train.arch import default_arch
 from labd.train.run import daemon_endpoints, run_training
 
 
 @dataclass(frozen=True)
 class Experiment:
+    """One row of the table: a task on a system in a mode, with the design's defaults
+    (``refine`` overrides the design's twin refinement during PAT)."""
+
     task: str
     system: str
     mode: str
     label: str
     paper: str
+    refine: bool | None = None
+
+    @property
+    def key(self) -> str:
+        """``task:system:mode`` plus ``:norefine``/``:refine`` when ``refine`` is set."""
+        base = f"{self.task}:{self.system}:{self.mode}"
+        return base if self.refine is None else base + (":refine" if self.refine
+                                                        else ":norefine")
 
 
 EXPERIMENTS = [
-    Experiment("vowels", "shg", "pat", "SHG, 5 layers", "93%"),
-    Experiment("vowels", "shg", "insilico", "SHG, 5 layers", "~40%"),
-    Experiment("vowels", "shg", "twin", "SHG, 5 layers", "-"),
+    Experiment("vowels", "shg", "pat", "SHG, 2 layers", "93%"),
+    Experiment("vowels", "shg", "insilico", "SHG, 2 layers", "~40%"),
+    Experiment("vowels", "shg", "twin", "SHG, 2 layers", "-"),
+    Experiment("vowels", "shg", "pat", "SHG, 2 layers, no refine", "-", refine=False),
     Experiment("mnist", "plate", "pat", "plate", "87%"),
+    Experiment("mnist", "plate", "bypass", "plate removed", "-"),
     Experiment("mnist", "oscillator", "pat", "oscillator", "93%"),
+    Experiment("mnist", "oscillator", "bypass", "oscillator removed", "-"),
     Experiment("mnist", "shg", "pat", "SHG + digital (hybrid)", "97%"),
 ]
 
-#: quick mode: MNIST subset sizes (train, test) and an epoch cap.
-QUICK_SUBSET = (6000, 1000)
-QUICK_EPOCHS = {"vowels": 60, "mnist": 3}
+#: quick mode: MNIST subset sizes (train, test), an epoch cap and smaller twins.
+QUICK_SUBSET = (4000, 1000)
+QUICK_EPOCHS = {"vowels": 40, "mnist": 2}
+QUICK_TWIN = {"twin_samples": 3000, "twin_epochs": 8}
+
+
+def experiment_key(result: dict[str, Any]) -> str:
+    """The result's ``experiment``, or ``task:system:mode`` for files written without it."""
+    return str(result.get("experiment") or f"{result['task']}:{result['system']}:"
+               f"{result['mode']}")
 
 
 def table(results: list[dict[str, Any]]) -> str:
     """Mean and spread over seeds per experiment, beside the paper's figure."""
-    lines = [f"{'task':<7}{'system':<24}{'mode':<9}{'seeds':>5}{'test acc (mean±sd)':>21}"
+    lines = [f"{'task':<7}{'system':<26}{'mode':<9}{'seeds':>5}{'test acc (mean±sd)':>21}"
              f"{'paper':>7}{'queries':>12}{'wall s':>9}  physical / digital"]
     for exp in EXPERIMENTS:
-        rows = [r for r in results if (r["task"], r["system"], r["mode"])
-                == (exp.task, exp.system, exp.mode)]
+        rows = [r for r in results if experiment_key(r) == exp.key]
         if not rows:
             continue
         accs = [r["test_accuracy"] for r in rows]
@@ -62,41 +91,77 @@ def table(results: list[dict[str, Any]]) -> str:
         note = ("digital linear layers + rescaling" if arch.get("hybrid")
                 else "rescaling + " + ("class-bin readout" if arch.get("readout") == "groups"
                                        else "linear readout"))
-        lines.append(f"{exp.task:<7}{exp.label:<24}{exp.mode:<9}{len(rows):>5}"
+        if exp.mode == "bypass":
+            note = "no physics: " + note + ", physical layer -> fixed window mean"
+        lines.append(f"{exp.task:<7}{exp.label:<26}{exp.mode:<9}{len(rows):>5}"
                      f"{100 * statistics.mean(accs):>14.1f}% ±{100 * sd:4.1f}"
                      f"{exp.paper:>7}{queries:>12.3g}{wall:>9.0f}  {note}")
     return "\n".join(lines)
 
 
-def reproduce(out: str | Path, quick: bool = False, seeds: int = 3,
+def reproduce(out: str | Path, quick: bool = False, seeds: int = 3, first_seed: int = 0,
               json_path: str | Path | None = None, endpoint: str | None = None,
               only: list[str] | None = None, mnist_dir: str | Path | None = None,
               progress: bool = True) -> dict[str, Any]:
-    """Run the experiments; ``only`` filters by ``task:system:mode`` prefixes."""
+    """Run the experiments for seeds ``first_seed .. first_seed + seeds - 1``; ``only``
+    filters by prefixes of ``Experiment.key``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results: list[dict[str, Any]] = []
     chosen = [e for e in EXPERIMENTS
-              if not only or any(f"{e.task}:{e.system}:{e.mode}".startswith(o) for o in only)]
+              if not only or any(e.key.startswith(o) for o in only)]
+    path = Path(json_path) if json_path else out / "results.json"
+
+    def write() -> dict[str, Any]:
+        report = {"quick": quick, "seeds": seeds,
+                  "wall_s": round(time.perf_counter() - started, 1), "results": results,
+                  "table": table(results)}
+        path.write_text(json.dumps(report, indent=2, default=float) + "\n")
+        return report
+
     with daemon_endpoints([endpoint] if endpoint else None) as eps:
         for exp in chosen:
-            for seed in range(seeds):
-                run_dir = out / f"{exp.system}-{exp.task}-{exp.mode}-s{seed}"
+            for seed in range(first_seed, first_seed + seeds):
+                run_dir = out / f"{exp.key.replace(':', '-')}-s{seed}"
+                arch = default_arch(exp.task, exp.system, refine=exp.refine,
+                                    epochs=QUICK_EPOCHS[exp.task] if quick else None,
+                                    **(QUICK_TWIN if quick else {}))
                 summary = run_training(
                     task=exp.task, system=exp.system, mode=exp.mode, out=run_dir,
-                    endpoints=eps, seed=seed,
-                    epochs=QUICK_EPOCHS[exp.task] if quick else None,
+                    endpoints=eps, seed=seed, arch=arch,
                     subset=QUICK_SUBSET if quick and exp.task == "mnist" else None,
                     mnist_dir=mnist_dir, progress=progress)
                 summary["run_dir"] = str(run_dir)
+                summary["experiment"] = exp.key
                 results.append(summary)
-                print(f"{exp.task} {exp.system} {exp.mode} seed {seed}: test "
+                print(f"{exp.key} seed {seed}: test "
                       f"{summary['test_accuracy']:.3f}, {summary['physical_queries']} queries, "
                       f"{summary['wall_s']:.0f} s", flush=True)
-    report = {"quick": quick, "seeds": seeds, "wall_s": round(time.perf_counter() - started, 1),
+                write()
+    report = write()
+    print(report["table"])
+    return report
+
+
+def combine(paths: list[str | Path], json_path: str | Path) -> dict[str, Any]:
+    """One report from several ``reproduce`` result files (processes run side by side).
+
+    ``results`` are concatenated; ``seeds`` is the most runs of any one experiment;
+    ``wall_s`` is the longest part's (they ran concurrently);
+    ``parts`` keeps each file's path, wall time and experiments. Writes ``json_path`` and
+    prints the table.
+    """
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    results = [r for part in parts for r in part["results"]]
+    per_experiment = collections.Counter(experiment_key(r) for r in results)
+    report = {"quick": any(p["quick"] for p in parts),
+              "seeds": max(per_experiment.values(), default=0),
+              "wall_s": max(p["wall_s"] for p in parts),
+              "parts": [{"path": str(path), "wall_s": part["wall_s"],
+                         "runs": len(part["results"])} for path, part in zip(paths, parts,
+                                                                           strict=True)],
               "results": results, "table": table(results)}
-    path = Path(json_path) if json_path else out / "results.json"
-    path.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    Path(json_path).write_text(json.dumps(report, indent=2, default=float) + "\n")
     print(report["table"])
     return report

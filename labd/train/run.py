@@ -7,9 +7,12 @@
    ``endpoints[i % len(endpoints)]``;
 2. loads the task's data (``vowels``, ``mnist`` or a CSV);
 3. gets each device's digital model: the nominal model (``insilico``, or ``pat`` with
-   ``backward="nominal"``), or a twin (``twin``, ``pat``): loaded from ``twin_path``, or
-   collected and fitted into the run folder (``twin.pt``/``twin.json``/``twin_data.npz``,
-   re-used on ``--resume``); one twin per (endpoint, system), since two daemons are two devices;
+   ``backward="nominal"``; also, unused, ``bypass``: the digital-only baseline whose physical
+   layers are replaced by fixed window means, ``labd.train.arch.Bypass``), or a twin
+   (``twin``, ``pat``): loaded from ``twin_path``, or collected and fitted into the run
+   folder (``twin.pt``/``twin.json``/``twin_data.npz``, re-used on ``--resume``); one twin
+   per (endpoint, system), since two daemons are two devices; the design's ``twin_family``
+   and ``refine`` (``labd.train.arch.Arch``) apply;
 4. builds the task's default network (``labd.train.arch``), initialises its rescalings on one
    batch, trains with ``Trainer`` (checkpoint every epoch);
 5. writes ``metrics.csv``, ``summary.json``, ``learning_curves.png``, ``confusion.png``,
@@ -48,10 +51,13 @@ from labd.train.twins import (
     save_twin,
 )
 
-MODES = ("pat", "insilico", "twin")
+MODES = ("pat", "insilico", "twin", "bypass")
 DIGITAL_NOTE = ("physical: the PhysicalLayer forwards (measured on the daemon's system); "
                 "digital: element-wise input rescaling of each physical layer, the readout "
                 "({readout}){hybrid}")
+
+BYPASS_NOTE = ("nothing physical: the same digital parts with each physical layer replaced by a "
+               "fixed window mean of the same input and output sizes (digital-only baseline)")
 
 
 @contextlib.contextmanager
@@ -102,9 +108,12 @@ def run_training(*, task: str | None = None, data: str | Path | None = None, sys
                  epochs: int | None = None, resume: bool = False,
                  mnist_dir: str | Path | None = None, subset: tuple[int, int] | None = None,
                  twin_path: str | Path | None = None, backward: str = "twin",
-                 refine: bool = False, arch: Arch | None = None,
+                 refine: bool | None = None, arch: Arch | None = None,
                  progress: bool = True) -> dict[str, Any]:
-    """Train one network and write its run folder; returns the summary (see module doc)."""
+    """Train one network and write its run folder; returns the summary (see module doc).
+
+    ``refine`` (twin refinement during PAT) and ``epochs`` default to the design's.
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     started = time.perf_counter()
@@ -116,6 +125,7 @@ def run_training(*, task: str | None = None, data: str | Path | None = None, sys
         dataset = dataset.subset(*subset, seed=seed)
     task_name = task or dataset.name
     arch = arch or default_arch(task_name, system, epochs=epochs)
+    refine = arch.refine if refine is None else refine
     with daemon_endpoints(endpoints) as eps, Connections() as conns:
         hardware: dict[tuple[str, str], Hardware] = {}
         models: dict[tuple[str, str], nn.Module] = {}
@@ -136,7 +146,8 @@ def run_training(*, task: str | None = None, data: str | Path | None = None, sys
                     twin_reports[hw.endpoint] = report
             layers.append((hardware[key].description, models[key], hardware[key]))
         collect_queries = sum(int(r.get("collect_queries", 0)) for r in twin_reports.values())
-        network = build_network(arch, dataset.n_features, dataset.n_classes, layers, seed)
+        network = build_network(arch, dataset.n_features, dataset.n_classes, layers, seed,
+                                bypass=mode == "bypass")
         for layer in network.physical_layers():
             for refiner in refiners:
                 if layer.model is refiner.twin:
@@ -158,8 +169,8 @@ def run_training(*, task: str | None = None, data: str | Path | None = None, sys
         "wall_s": round(time.perf_counter() - started, 2),
         "training_wall_s": round(result["training_wall_s"], 2),
         "epochs": result["epochs"], "endpoints": eps, "backward": backward,
-        "refine_twin": refine, "arch": arch.to_dict(),
-        "physical_vs_digital": DIGITAL_NOTE.format(
+        "refine_twin": mode == "pat" and refine, "arch": arch.to_dict(),
+        "physical_vs_digital": BYPASS_NOTE if mode == "bypass" else DIGITAL_NOTE.format(
             readout="class bins averaged, element-wise affine per class" if arch.readout == "groups"
             else "digital linear layer",
             hybrid="; trainable digital linear layers before each physical layer (hybrid)"
@@ -172,8 +183,9 @@ def run_training(*, task: str | None = None, data: str | Path | None = None, sys
     plots.learning_curves(trainer.rows, out / "learning_curves.png", title)
     plots.confusion(result["confusion"], out / "confusion.png",
                     f"{title}: test acc {result['test_accuracy']:.3f}")
-    plots.physical_outputs(result["examples"], result["example_labels"],
-                           out / "physical_outputs.png")
+    if result["examples"]:
+        plots.physical_outputs(result["examples"], result["example_labels"],
+                               out / "physical_outputs.png")
     return summary
 
 
@@ -183,13 +195,13 @@ def _model_for(hw: Hardware, mode: str, arch: Arch, out: Path, tag: str, seed: i
     """The digital model of one device for this mode, its refiner, and its twin report."""
     from drivers.physics.nominal import nominal_model
 
-    if mode == "insilico" or (mode == "pat" and backward == "nominal"):
+    if mode in ("insilico", "bypass") or (mode == "pat" and backward == "nominal"):
         return nominal_model(hw.description), None, None
     if twin_path is not None:
         twin = load_twin(twin_path)
         report = json.loads(Path(twin_path).with_suffix(".json").read_text())["report"]
         return twin, None, report
-    twin, data, report = get_twin(hw, arch, out, tag, seed, progress)
+    twin, data, report = get_twin(hw, arch, out, tag, seed, progress, arch.twin_family)
     refiner = TwinRefiner(twin, data, seed=seed) if (refine and mode == "pat") else None
     return twin, refiner, report
 

@@ -100,3 +100,14 @@ def test_theta_stays_in_range_and_rescale_maps_into_input_range(hardware: Hardwa
         assert float(out.min()) >= -1.0 and float(out.max()) <= 1.0
     y = layer(torch.full((2, 12), 1.0))  # hardware never sees an out-of-range request
     assert np.all(np.isfinite(y.detach().numpy()))
+
+
+def test_units_see_the_same_input_and_bypass_pools_windows() -> None:
+    from labd.train.arch import Bypass, Resample
+
+    x = torch.arange(12.0).reshape(2, 6)
+    tiled = Resample(6, 6, units=3)(x)
+    torch.testing.assert_close(tiled, x.repeat(1, 3))
+    pooled = Bypass(6, 3, units=1)(x)
+    torch.testing.assert_close(pooled, x.reshape(2, 3, 2).mean(2))
+    assert Bypass(6, 2, units=3)(tiled).shape == (2, 6)

@@ -127,3 +127,32 @@ def test_pat_with_twin_refinement_checkpoints_the_refined_twin(
     saved = torch.load(tmp_path / "twin-0.pt", weights_only=True)
     assert s["refine_twin"] is True and len(state["twins"]) == 1
     assert any(not torch.equal(state["twins"][0][k], saved[k]) for k in saved)
+
+
+def test_bypass_baseline_has_no_physical_layer_and_makes_no_query(daemon: LocalDaemon,
+                                                                  tmp_path: Path) -> None:
+    """The digital-only baseline: same digital parts, physical layers -> fixed window means."""
+    from labd.train.run import run_training
+
+    s = run_training(task="vowels", system="loopback", mode="bypass", out=tmp_path,
+                     endpoints=[daemon.endpoint], seed=0, arch=replace(ARCH, epochs=2),
+                     progress=False)
+    assert s["physical_queries"] == 0 and s["twins"] == {}
+    assert "nothing physical" in s["physical_vs_digital"]
+    assert 0.0 <= s["test_accuracy"] <= 1.0
+
+
+def test_combine_merges_reproduce_parts(tmp_path: Path) -> None:
+    from labd.train.reproduce import combine
+
+    row = {"task": "vowels", "system": "shg", "mode": "pat", "experiment": "vowels:shg:pat",
+           "test_accuracy": 0.9, "physical_queries": 10, "wall_s": 1.0,
+           "arch": {"readout": "groups"}}
+    for i, acc in enumerate((0.9, 0.94)):
+        part = {"quick": False, "seeds": 1, "wall_s": 5.0 + i,
+                "results": [{**row, "seed": i, "test_accuracy": acc}]}
+        (tmp_path / f"p{i}.json").write_text(json.dumps(part))
+    report = combine([tmp_path / "p0.json", tmp_path / "p1.json"], tmp_path / "all.json")
+    assert len(report["results"]) == 2 and report["wall_s"] == 6.0
+    assert "92.0%" in report["table"]
+    assert json.loads((tmp_path / "all.json").read_text())["results"] == report["results"]
