@@ -11,7 +11,7 @@ device whose hidden, seeded parameters differ from the nominal ones:
   the junction (I_s doubles per 10 K, n V_T proportional to T) and the coil resistance
   (+0.39 %/K, copper).
 
-Noise, per shot: 3 mV RMS white noise on the DAC output (amplifier), a 1.5 % RMS gain jitter of
+Noise, per shot: 1.5 mV RMS white noise on the DAC output (amplifier), a 1.5 % RMS gain jitter of
 the DAC reference, ~1 mV RMS ADC noise; the ADC quantises to 14 bits over +-2.5 V and clips.
 Together about 1-3 % relative std per output bin of the default system at mid-range drive.
 
@@ -100,7 +100,7 @@ class OscillatorBench(Bench):
         gain = d["dac_gain"] * (1 + self.noise * 0.015 * rng.standard_normal((batch, 1)))
         drive = patterns * gain + d["dac_offset"]
         if self.noise:
-            drive = drive + self.noise * 0.003 * rng.standard_normal(drive.shape)
+            drive = drive + self.noise * 0.0015 * rng.standard_normal(drive.shape)
         if math.isfinite(d["dac_corner_hz"]):
             drive = lowpass(drive, 1 - math.exp(-2 * math.pi * d["dac_corner_hz"]
                                                 / p["sample_rate"]))

@@ -9,10 +9,10 @@ device whose hidden, seeded parameters differ from the nominal plate:
   stiffens by 2-5 % (uniform);
 * speaker saturation ``V_sat tanh(V / V_sat)`` with ``V_sat`` = 2.5 V +- 10 %, and a roll-off
   corner 10 % RMS off;
-* temperature wander of about +-3 K (RMS 2.1 K, periods 9, 23 and 61 min of bench time)
+* temperature wander of about +-2 K (RMS 1.4 K, periods 9, 23 and 61 min of bench time)
   shifting every modal frequency by -0.05 %/K.
 
-Noise: 1 % RMS per-shot gain jitter (amplifier), 10 mV RMS white noise per sample
+Noise: 1 % RMS per-shot gain jitter (amplifier), 5 mV RMS white noise per sample
 (accelerometer and ADC); the ADC quantises to 16 bits over +-10 V and clips. About 1-2 %
 relative std per output bin of the default system at mid-range drive.
 
@@ -68,7 +68,7 @@ class PlateBench(Bench):
             "beta": stiffening * omega ** 2 / resonant ** 2,
             "v_sat": 2.5 * (1 + k * rng.uniform(-0.1, 0.1)) if k else np.inf,
             "highpass_hz": p["highpass_hz"] * (1 + k * 0.10 * rng.standard_normal()),
-            "temperature_swing": 3.0 * k,
+            "temperature_swing": 2.0 * k,
             "freq_tempco": -5e-4,
         }
         self.drift = Drift(rng, (540.0, 1380.0, 3660.0))
@@ -101,7 +101,7 @@ class PlateBench(Bench):
         acc = respond(force, coef, d["drive_coupling"], d["sensor_coupling"], d["beta"])
         acc *= p["gain"] * (1 + self.noise * 0.01 * rng.standard_normal((batch, 1)))
         if self.noise:
-            acc += self.noise * 0.01 * rng.standard_normal(acc.shape, dtype=np.float32)
+            acc += self.noise * 0.005 * rng.standard_normal(acc.shape, dtype=np.float32)
             lsb = 2 * ADC_RANGE / 2 ** ADC_BITS
             acc = np.clip(np.round(acc / lsb), -2 ** (ADC_BITS - 1), 2 ** (ADC_BITS - 1) - 1) * lsb
         return acc

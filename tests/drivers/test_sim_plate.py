@@ -107,7 +107,10 @@ def test_repeated_shots_differ_by_one_to_five_percent(sim_system, sim_rig, sim_m
     x, theta = mid_range(system, 1)
     y = system.decode(sim_measure(sim_rig(system, "plate"),
                                   system.encode(np.repeat(x, 100, 0), theta)))
-    rel = y.std(0) / y.mean(0)
+    # bins that carry signal (the first windows of a trace, before the system has responded,
+    # hold almost none, and their relative noise says nothing about the detector)
+    signal = y.mean(0) > 0.1 * y.mean(0).max()
+    rel = y.std(0)[signal] / y.mean(0)[signal]
     print(f"plate relative std per bin: median {np.median(rel):.4f}, max {rel.max():.4f}")
     assert 0.01 < np.median(rel) < 0.05
     assert np.all(rel < 0.1)
