@@ -3,7 +3,7 @@
 A system's ``drive`` and ``detector`` tables name a driver here (``driver = "sim.dac"``); a
 simulated system's ``bench`` table makes the shared bench of its kind. ``build_rig`` turns those
 tables into a ready (not yet opened) ``(Drive, Detector)`` pair. Modules are imported only when
-named, so optional back ends (seabreeze, sounddevice, nidaqmx) cost nothing unless used.
+named, so a back end's libraries are imported only by configurations that use it.
 
 Driver constructors take ``name`` and, for drives, ``channels`` and ``limits``; for detectors,
 ``samples``; simulated drivers also take ``bench``; everything else comes from the config table.
