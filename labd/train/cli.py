@@ -50,7 +50,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="pat mode: the model whose gradient is used (default: twin)")
     p.add_argument("--refine-twin", action=argparse.BooleanOptionalAction,
                    help="pat mode: keep refining the twin on the measurements PAT makes "
-                        "(default: the design's; on for SHG vowels)")
+                        "(default: the design's, off)")
     p.add_argument("--mnist-dir", metavar="DIR", help="directory of the 4 MNIST IDX files")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -143,7 +143,7 @@ def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--combine", nargs="+", metavar="PART.json",
                    help="train nothing: merge these result files (reproduce processes run "
-                        "side by side) into --json and print the table")
+                        "side by side; --only filters them) into --json and print the table")
 
 
 def reproduce(args: argparse.Namespace) -> int:
@@ -151,7 +151,7 @@ def reproduce(args: argparse.Namespace) -> int:
     from labd.train.reproduce import reproduce as run
 
     if args.combine:
-        combine(args.combine, args.json or Path(args.out) / "results.json")
+        combine(args.combine, args.json or Path(args.out) / "results.json", args.only)
         return 0
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     run(args.out, quick=args.quick, seeds=seeds, first_seed=args.first_seed,

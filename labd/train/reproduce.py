@@ -55,7 +55,7 @@ EXPERIMENTS = [
     Experiment("vowels", "shg", "pat", "SHG, 2 layers", "93%"),
     Experiment("vowels", "shg", "insilico", "SHG, 2 layers", "~40%"),
     Experiment("vowels", "shg", "twin", "SHG, 2 layers", "-"),
-    Experiment("vowels", "shg", "pat", "SHG, 2 layers, no refine", "-", refine=False),
+    Experiment("vowels", "shg", "pat", "SHG, 2 layers, twin refined", "-", refine=True),
     Experiment("mnist", "plate", "pat", "plate", "87%"),
     Experiment("mnist", "plate", "bypass", "plate removed", "-"),
     Experiment("mnist", "oscillator", "pat", "oscillator", "93%"),
@@ -77,7 +77,7 @@ def experiment_key(result: dict[str, Any]) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     """Mean and spread over seeds per experiment, beside the paper's figure."""
-    lines = [f"{'task':<7}{'system':<26}{'mode':<9}{'seeds':>5}{'test acc (mean±sd)':>21}"
+    lines = [f"{'task':<7}{'system':<30}{'mode':<9}{'seeds':>5}{'test acc (mean±sd)':>21}"
              f"{'paper':>7}{'queries':>12}{'wall s':>9}  physical / digital"]
     for exp in EXPERIMENTS:
         rows = [r for r in results if experiment_key(r) == exp.key]
@@ -93,7 +93,7 @@ def table(results: list[dict[str, Any]]) -> str:
                                        else "linear readout"))
         if exp.mode == "bypass":
             note = "no physics: " + note + ", physical layer -> fixed window mean"
-        lines.append(f"{exp.task:<7}{exp.label:<26}{exp.mode:<9}{len(rows):>5}"
+        lines.append(f"{exp.task:<7}{exp.label:<30}{exp.mode:<9}{len(rows):>5}"
                      f"{100 * statistics.mean(accs):>14.1f}% ±{100 * sd:4.1f}"
                      f"{exp.paper:>7}{queries:>12.3g}{wall:>9.0f}  {note}")
     return "\n".join(lines)
@@ -144,8 +144,10 @@ def reproduce(out: str | Path, quick: bool = False, seeds: int = 3, first_seed: 
     return report
 
 
-def combine(paths: list[str | Path], json_path: str | Path) -> dict[str, Any]:
-    """One report from several ``reproduce`` result files (processes run side by side).
+def combine(paths: list[str | Path], json_path: str | Path,
+            only: list[str] | None = None) -> dict[str, Any]:
+    """One report from several ``reproduce`` result files (processes run side by side);
+    ``only`` keeps the results whose experiment key starts with one of these prefixes.
 
     ``results`` are concatenated; ``seeds`` is the most runs of any one experiment;
     ``wall_s`` is the longest part's (they ran concurrently);
@@ -153,7 +155,8 @@ def combine(paths: list[str | Path], json_path: str | Path) -> dict[str, Any]:
     prints the table.
     """
     parts = [json.loads(Path(p).read_text()) for p in paths]
-    results = [r for part in parts for r in part["results"]]
+    results = [r for part in parts for r in part["results"]
+               if not only or any(experiment_key(r).startswith(o) for o in only)]
     per_experiment = collections.Counter(experiment_key(r) for r in results)
     report = {"quick": any(p["quick"] for p in parts),
               "seeds": max(per_experiment.values(), default=0),
