@@ -8,7 +8,8 @@ Each command has ``add_*_arguments(parser)`` and a function taking the parsed
   --mode pat|insilico|twin|bypass
   [--endpoint E ...] [--seed N] --out DIR [--epochs N] [--resume]``
 * ``labd twin collect --system S --out FILE.npz [--endpoint E] [--samples N] [--repeats R]``
-* ``labd twin fit --data FILE.npz --out TWIN.pt [--family mlp|residual]``
+* ``labd twin fit (--data FILE.npz | --from-store STORE --system S) --out TWIN.pt
+  [--family mlp|residual]``
 * ``labd reproduce [--quick] [--json PATH] [--out DIR] [--seeds N] [--only T:S:M ...]``,
   ``labd reproduce --combine PART.json ... --json PATH``
 * ``labd demo [--out DIR]``
@@ -99,7 +100,14 @@ def twin_collect(args: argparse.Namespace) -> int:
 
 
 def add_twin_fit_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, metavar="FILE.npz", help="from `labd twin collect`")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="FILE.npz", help="from `labd twin collect`")
+    src.add_argument("--from-store", metavar="STORE",
+                     help="fit from the measurements a daemon recorded (needs --system)")
+    p.add_argument("--system", help="with --from-store: the system whose measurements to use")
+    p.add_argument("--since", metavar="ISO-TIME", help="with --from-store: only measurements "
+                                                       "received from then on")
+    p.add_argument("--run", type=int, help="with --from-store: only this daemon run")
     p.add_argument("--out", required=True, metavar="TWIN.pt", help="twin (+ TWIN.json sidecar)")
     p.add_argument("--family", choices=["mlp", "residual"],
                    help="default: residual when the system kind has a nominal model")
@@ -108,20 +116,53 @@ def add_twin_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _stored(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]:
+    """(chunks to fit, system description, a first chunk to plot) from ``--from-store``."""
+    from labd.store.reader import StoreReader
+
+    if not args.system:
+        raise DataError("--from-store needs --system NAME")
+    reader = StoreReader(args.from_store)
+    runs = [r for r in reader.runs() if args.system in r["devices"]
+            and (args.run is None or r["id"] == args.run)]
+    if not runs:
+        raise DataError(f"{args.from_store} has no run that served system {args.system!r}")
+    description = runs[-1]["devices"][args.system]
+
+    def chunks() -> Any:
+        return reader.iter_batches(system=args.system, since=args.since, run=args.run,
+                                   chunk_rows=8192)
+
+    first = next(chunks(), None)
+    if first is None:
+        raise DataError(f"{args.from_store} holds no measurement of {args.system!r} matching "
+                        f"the filters")
+    return chunks(), description, first
+
+
 def twin_fit(args: argparse.Namespace) -> int:
     from labd.train import plots
     from labd.train.run import twin_family
     from labd.train.twins import TwinData, fit_twin, predict, save_twin
 
-    data = TwinData.load(args.data)
-    family = args.family or twin_family(data.description)
-    twin, report = fit_twin(data, data.description, family, hidden=tuple(args.hidden),
+    try:
+        if args.from_store:
+            source, description, (x, theta, y) = _stored(args)
+        else:
+            data = TwinData.load(args.data)
+            source, description, (x, theta, y) = data, data.description, (
+                data.x, data.theta, data.y)
+    except DataError as exc:
+        print(f"labd twin fit: {exc}")
+        return 2
+    family = args.family or twin_family(description)
+    twin, report = fit_twin(source, description, family, hidden=tuple(args.hidden),
                             epochs=args.epochs, seed=args.seed)
     sidecar = save_twin(args.out, twin, report)
-    n = min(2000, len(data.y))
+    n = min(2000, len(y))
     png = Path(args.out).with_suffix(".png")
-    plots.twin_scatter(predict(twin, data.x[-n:], data.theta[-n:]), data.y[-n:], png,
-                       f"{data.description.get('name')} twin ({family})")
+    plots.twin_scatter(predict(twin, x[-n:], theta[-n:]), y[-n:], png,
+                       f"{description.get('name')} twin ({family})")
     print(f"twin ({family}) held-out NRMSE {report['holdout_nrmse']:.4f} -> {args.out}, "
           f"{sidecar}, {png}")
     return 0

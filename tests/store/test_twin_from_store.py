@@ -7,6 +7,10 @@ are judged on a third, held-out measurement set.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 from labd.client import LabClient
 from labd.daemon.process import LocalDaemon
 from labd.store.reader import StoreReader
@@ -42,3 +46,23 @@ def test_twin_from_store_matches_twin_from_fresh_collection(tmp_path):
           f"{e_fresh:.6f}")
     assert e_store < 0.2 and e_fresh < 0.2
     assert abs(e_store - e_fresh) < 0.25 * max(e_store, e_fresh)
+
+
+def test_twin_fit_command_reads_the_store(tmp_path):
+    store = tmp_path / "m.sqlite"
+    with LocalDaemon(store=store) as daemon, LabClient(daemon.endpoint, timeout_s=60) as client:
+        collect(Hardware(client, "shg"), 1000, seed=1, progress=False)
+    out = tmp_path / "twin.pt"
+    done = subprocess.run(
+        [sys.executable, "-m", "labd", "twin", "fit", "--from-store", str(store), "--system",
+         "shg", "--out", str(out), "--epochs", "3", "--hidden", "32"],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "held-out NRMSE" in done.stdout
+    assert out.exists() and out.with_suffix(".json").exists() and out.with_suffix(".png").exists()
+    assert json.loads(out.with_suffix(".json").read_text())["description"]["name"] == "shg"
+    missing = subprocess.run(
+        [sys.executable, "-m", "labd", "twin", "fit", "--from-store", str(store), "--system",
+         "plate", "--out", str(tmp_path / "none.pt")], capture_output=True, text=True,
+        timeout=120)
+    assert missing.returncode == 2 and "no measurement of 'plate'" in missing.stdout
