@@ -35,10 +35,13 @@ class FaultInjector(BaseModel):
         if sum(getattr(self, k) for k in KINDS) > 1:
             raise ValueError("fault probabilities must sum to at most 1")
         self._rng = np.random.default_rng([self.seed, 99])
+        self._active = any(getattr(self, k) for k in KINDS)
         return self
 
     def draw(self) -> str | None:
         """The fault of the next call, or None."""
+        if not self._active:
+            return None
         u = self._rng.random()
         for kind in KINDS:
             p = getattr(self, kind)
