@@ -7,9 +7,10 @@ device whose hidden, seeded parameters differ from the nominal ones:
 * the junction: I_s a factor exp(N(0, 0.4)) off, n off by N(0, 0.04) (relative);
 * DAC gain 1 +- 2 %, offset +-10 mV, and a finite output bandwidth (first-order low-pass,
   corner 150-300 kHz: each 1 us step is rounded off); ADC gain 1 +- 2 %, offset +-5 mV;
-* temperature wander of +-3 K (RMS 2.1 K, periods 7, 19 and 47 min of bench time) that moves
-  the junction (I_s doubles per 10 K, n V_T proportional to T) and the coil resistance
-  (+0.39 %/K, copper).
+* temperature wander of about +-5 K (RMS 3.5 K, periods 7, 19 and 47 min of bench time) that
+  moves the junction (I_s doubles per 5 K, n V_T proportional to T), the coil resistance
+  (+0.39 %/K, copper), the capacitor (-0.1 %/K), the ADC offset (+0.5 mV/K) and the gain of
+  the DAC's output amplifier (+0.3 %/K): outputs drift by a few % over tens of minutes.
 
 Noise, per shot: 1.5 mV RMS white noise on the DAC output (amplifier), a 1.5 % RMS gain jitter of
 the DAC reference, ~1 mV RMS ADC noise; the ADC quantises to 14 bits over +-2.5 V and clips.
@@ -97,7 +98,8 @@ class OscillatorBench(Bench):
         d, p, rng = self.device, self.params, self.noise_rng
         temp = self.temperature(shot_times(self.shots, batch, self.shot_s))
         delta = temp - p["temperature"]
-        gain = d["dac_gain"] * (1 + self.noise * 0.015 * rng.standard_normal((batch, 1)))
+        gain = d["dac_gain"] * (1 + 3e-3 * delta[:, None]) \
+            * (1 + self.noise * 0.015 * rng.standard_normal((batch, 1)))
         drive = patterns * gain + d["dac_offset"]
         if self.noise:
             drive = drive + self.noise * 0.0015 * rng.standard_normal(drive.shape)

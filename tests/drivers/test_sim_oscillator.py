@@ -113,12 +113,11 @@ def test_repeated_shots_differ_by_one_to_five_percent(sim_system, sim_rig, sim_m
     assert np.all(rel < 0.1)
 
 
-def test_temperature_drift_is_visible_over_tens_of_minutes(sim_system, sim_rig,
+def test_temperature_drift_is_a_few_percent_over_tens_of_minutes(sim_system, sim_rig,
                                                            sim_measure) -> None:
     system = sim_system("oscillator")
     drive, detector = sim_rig(system, "oscillator", noise=0.0)
-    x = np.ones((1, 784))  # full drive: the junction conducts, so its temperature shows
-    theta = np.zeros(784)
+    x, theta = mid_range(system, 1)
     patterns = system.encode(x, theta)
     first = system.decode(sim_measure((drive, detector), patterns))
     changes = []
@@ -127,7 +126,7 @@ def test_temperature_drift_is_visible_over_tens_of_minutes(sim_system, sim_rig,
         y = system.decode(sim_measure((drive, detector), patterns))
         changes.append(np.linalg.norm(y - first) / np.linalg.norm(first))
     print(f"oscillator drift vs t=0 at 5/10/20/30/40 min: {np.round(changes, 4)}")
-    assert 0.003 < max(changes) < 0.1
+    assert 0.01 < max(changes) < 0.1  # a few % over tens of minutes
 
 
 def test_a_batch_gives_what_single_shots_give() -> None:
