@@ -68,6 +68,23 @@ class Instrument(ABC):
         return f"{type(self).__name__}({self.name!r})"
 
 
+class LinkedInstrument:
+    """Mixin for a driver that talks through one link object (``drivers.visa.scpi.ScpiLink``,
+    ``drivers.serial.line.LineLink``): closing closes the link; ``identify`` checks the
+    instrument's ``*IDN?`` answer against the class's ``idn_pattern`` (a regular expression)."""
+
+    idn_pattern: str
+    link: Any
+    is_open: bool
+
+    def close(self) -> None:
+        self.link.close()
+        self.is_open = False
+
+    def identify(self) -> str:
+        return self.link.identify(self.idn_pattern)
+
+
 class Drive(Instrument):
     """Sets the control of each shot: ``channels`` values within ``limits`` (drive units)."""
 

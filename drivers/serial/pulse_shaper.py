@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from drivers.base import Drive, InstrumentError
+from drivers.base import Drive, InstrumentError, LinkedInstrument
 from drivers.serial.line import LineLink
 
 IDN_PATTERN = r"^[^,]+,PULSESHAPER,"
 FULL_SCALE = 65535
 
 
-class SerialPulseShaper(Drive):
+class SerialPulseShaper(LinkedInstrument, Drive):
+    idn_pattern = IDN_PATTERN
     max_shots = 1
 
     def __init__(self, name: str, channels: int, limits: tuple[float, float], port: str,
@@ -43,20 +44,13 @@ class SerialPulseShaper(Drive):
 
     def open(self) -> None:
         self.link.open()
-        self.idn = self.link.identify(IDN_PATTERN)
+        self.idn = self.identify()
         reply = self.link.query("CHAN?")
         if reply != str(self.channels):
             self.link.close()
             raise InstrumentError(self.name, f"the shaper has {reply} channels, configured "
                                   f"{self.channels}", "CHAN?", retryable=False)
         self.is_open = True
-
-    def close(self) -> None:
-        self.link.close()
-        self.is_open = False
-
-    def identify(self) -> str:
-        return self.link.identify(IDN_PATTERN)
 
     def health(self) -> dict[str, object]:
         return {"open": self.is_open, "idn": self.idn, "port": self.link.port}

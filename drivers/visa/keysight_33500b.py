@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from drivers.base import Drive, InstrumentError
+from drivers.base import Drive, InstrumentError, LinkedInstrument
 from drivers.visa.scpi import ScpiLink
 
 IDN_PATTERN = r"(Agilent|Keysight) Technologies,33[56]\d\d[AB]"
@@ -47,7 +47,9 @@ ARB_NAME = "labd"
 FULL_SCALE = 32767
 
 
-class Keysight33500B(Drive):
+class Keysight33500B(LinkedInstrument, Drive):
+    idn_pattern = IDN_PATTERN
+
     def __init__(self, name: str, channels: int, limits: tuple[float, float], resource: str,
                  library: str = "", sample_rate: float = 1e6, source: int = 1,
                  load: str = "INF", max_points: int = 1_000_000, timeout_s: float = 5.0) -> None:
@@ -79,7 +81,7 @@ class Keysight33500B(Drive):
         s = self.source
         lo, hi = self.limits
         self.link.open()
-        self.idn = self.link.identify(IDN_PATTERN)
+        self.idn = self.identify()
         for command in ("*CLS", "FORM:BORD SWAP", f"OUTP{s}:LOAD {self.load}",
                         f"SOUR{s}:VOLT:LIM:STAT OFF",
                         f"SOUR{s}:VOLT:OFFS {self.offset:.6g}",
@@ -91,13 +93,6 @@ class Keysight33500B(Drive):
             self.link.write(command)
         self.link.check_errors("open")
         self.is_open = True
-
-    def close(self) -> None:
-        self.link.close()
-        self.is_open = False
-
-    def identify(self) -> str:
-        return self.link.identify(IDN_PATTERN)
 
     def health(self) -> dict[str, object]:
         return {"open": self.is_open, "idn": self.idn, "sample_rate": self.sample_rate,

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drivers.base import Detector, InstrumentError
+from drivers.base import Detector, InstrumentError, LinkedInstrument
 from drivers.visa.scpi import ScpiLink
 
 IDN_PATTERN = r"(Agilent|Keysight) Technologies,(DSO|MSO|EDU)[A-Z]*\d"
@@ -76,7 +76,9 @@ class Preamble:
         return (np.arange(n) - self.x_reference) * self.x_increment + self.x_origin
 
 
-class KeysightInfiniiVision(Detector):
+class KeysightInfiniiVision(LinkedInstrument, Detector):
+    idn_pattern = IDN_PATTERN
+
     def __init__(self, name: str, samples: int, resource: str, library: str = "",
                  sample_rate: float = 1e6, channel: int = 1, v_range: float = 8.0,
                  v_offset: float = 0.0, trigger_source: str = "EXTernal",
@@ -108,7 +110,7 @@ class KeysightInfiniiVision(Detector):
     def open(self) -> None:
         c = self.channel
         self.link.open()
-        self.idn = self.link.identify(IDN_PATTERN)
+        self.idn = self.identify()
         for command in ("*CLS", ":STOP", f":CHAN{c}:DISP ON",
                         f":CHAN{c}:RANG {self.v_range:.6g}", f":CHAN{c}:OFFS {self.v_offset:.6g}",
                         ":TRIG:MODE EDGE", f":TRIG:EDGE:SOUR {self.trigger_source}",
@@ -119,13 +121,6 @@ class KeysightInfiniiVision(Detector):
             self.link.write(command)
         self.link.check_errors("open", ":SYST:ERR?")
         self.is_open = True
-
-    def close(self) -> None:
-        self.link.close()
-        self.is_open = False
-
-    def identify(self) -> str:
-        return self.link.identify(IDN_PATTERN)
 
     def health(self) -> dict[str, object]:
         return {"open": self.is_open, "idn": self.idn, "sample_rate": self.sample_rate}

@@ -30,14 +30,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from drivers.base import Detector, InstrumentError
+from drivers.base import Detector, InstrumentError, LinkedInstrument
 from drivers.visa.scpi import ScpiLink
 
 IDN_PATTERN = r"YOKOGAWA,AQ637\d"
 SENSITIVITIES = ("NHLD", "NAUT", "NORM", "MID", "HIGH1", "HIGH2", "HIGH3")
 
 
-class YokogawaAQ6370(Detector):
+class YokogawaAQ6370(LinkedInstrument, Detector):
+    idn_pattern = IDN_PATTERN
+
     def __init__(self, name: str, samples: int, resource: str, library: str = "",
                  start_nm: float = 380.0, stop_nm: float = 420.0, resolution_nm: float = 0.1,
                  sensitivity: str = "MID", format: str = "ascii", timeout_s: float = 5.0,
@@ -63,7 +65,7 @@ class YokogawaAQ6370(Detector):
 
     def open(self) -> None:
         self.link.open()
-        self.idn = self.link.identify(IDN_PATTERN)
+        self.idn = self.identify()
         for command in ("*CLS", f":SENS:WAV:STAR {self.start_nm:.4f}NM",
                         f":SENS:WAV:STOP {self.stop_nm:.4f}NM", f":SENS:SWE:POIN {self.samples}",
                         f":SENS:BAND:RES {self.resolution_nm:.4f}NM",
@@ -73,13 +75,6 @@ class YokogawaAQ6370(Detector):
             self.link.write(command)
         self.link.check_errors("open", ":SYST:ERR?")
         self.is_open = True
-
-    def close(self) -> None:
-        self.link.close()
-        self.is_open = False
-
-    def identify(self) -> str:
-        return self.link.identify(IDN_PATTERN)
 
     def health(self) -> dict[str, object]:
         return {"open": self.is_open, "idn": self.idn,
