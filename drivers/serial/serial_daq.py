@@ -87,7 +87,24 @@ class SerialDaqBoard:
                 2 ** int(self.info[f"{side}_bits"]) - 1)
 
 
-class SerialDaqDAC(Drive):
+class _OnBoard:
+    """``close``, ``identify`` and ``health`` of a converter on a shared ``SerialDaqBoard``."""
+
+    board: SerialDaqBoard
+    is_open: bool
+
+    def close(self) -> None:
+        self.board.detach(self)
+        self.is_open = False
+
+    def identify(self) -> str:
+        return self.board.link.identify(IDN_PATTERN)
+
+    def health(self) -> dict[str, object]:
+        return {"open": self.is_open, "idn": self.board.idn, "port": self.board.link.port}
+
+
+class SerialDaqDAC(_OnBoard, Drive):
     def __init__(self, name: str, channels: int, limits: tuple[float, float], port: str,
                  baudrate: int = 115200, timeout_s: float = 5.0, sample_rate: float = 48000.0,
                  max_points: int = 16384) -> None:
@@ -112,23 +129,13 @@ class SerialDaqDAC(Drive):
             raise InstrumentError(self.name, problem, "INFO?", retryable=False)
         self.is_open = True
 
-    def close(self) -> None:
-        self.board.detach(self)
-        self.is_open = False
-
-    def identify(self) -> str:
-        return self.board.link.identify(IDN_PATTERN)
-
-    def health(self) -> dict[str, object]:
-        return {"open": self.is_open, "idn": self.board.idn, "port": self.board.link.port}
-
     def _output(self, patterns: np.ndarray) -> None:
         lo, hi, full = self.board.scale("dac")
         codes = np.round((patterns.reshape(-1) - lo) / (hi - lo) * full).astype("<u2")
         self.board.link.command(f"WAVE {codes.size}", codes.tobytes())
 
 
-class SerialDaqADC(Detector):
+class SerialDaqADC(_OnBoard, Detector):
     def __init__(self, name: str, samples: int, port: str, baudrate: int = 115200,
                  timeout_s: float = 5.0, sample_rate: float = 48000.0) -> None:
         super().__init__(name, samples)
@@ -138,16 +145,6 @@ class SerialDaqADC(Detector):
     def open(self) -> None:
         self.board.attach(self)
         self.is_open = True
-
-    def close(self) -> None:
-        self.board.detach(self)
-        self.is_open = False
-
-    def identify(self) -> str:
-        return self.board.link.identify(IDN_PATTERN)
-
-    def health(self) -> dict[str, object]:
-        return {"open": self.is_open, "idn": self.board.idn, "port": self.board.link.port}
 
     def arm(self, shots: int) -> None:
         self._shots = shots
