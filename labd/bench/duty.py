@@ -47,7 +47,7 @@ from labd.train.arch import Arch, build_network, default_arch
 from labd.train.datasets import Dataset, load_task
 from labd.train.hardware import Hardware
 from labd.train.layers import PhysicalNetwork
-from labd.train.pipeline import pipelined_step
+from labd.train.pipeline import Pipeline
 
 DESCRIPTION = "instrument duty cycle of PAT training of SHG vowels at 1 ms per shot"
 
@@ -62,17 +62,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "more overlap more of the backward pass)")
     p.add_argument("--shot-s", type=float, default=0.001,
                    help="instrument seconds per shot, realtime timing (default 0.001)")
+    p.add_argument("--eval-chunk", type=int, default=None,
+                   help="rows per evaluation request in the pipelined approach (default: "
+                        "the training chunk)")
     p.add_argument("--quick", action="store_true", help="one epoch each (a smoke test)")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    figures = measure_duty(1 if args.quick else args.epochs, args.chunks, args.shot_s)
-    for name in ("reference", "labd_sync", "labd_pipelined"):
+    figures = measure_duty(1 if args.quick else args.epochs, args.chunks, args.shot_s,
+                           eval_chunk=args.eval_chunk)
+    for name in APPROACHES:
         f = figures[name]
-        print(f"{name:<15} duty {100 * f['duty_cycle']:5.1f}% (nominal "
+        steps = (f"   steps alone {100 * f['steps_duty_cycle']:5.1f}%"
+                 if "steps_duty_cycle" in f else "")
+        test = (f"   test acc {100 * f['final_test_accuracy']:5.1f}%"
+                if "final_test_accuracy" in f else "")
+        print(f"{name:<21} duty {100 * f['duty_cycle']:5.1f}% (nominal "
               f"{100 * f['nominal_duty_cycle']:5.1f}%)   {f['shots']:>6} shots   "
-              f"wall {f['wall_s']:6.2f} s   instrument {f['instrument_s']:6.2f} s   "
-              f"last epoch loss {f['last_epoch_loss']:.3f}")
+              f"wall {f['wall_s']:6.2f} s   loss {f['last_epoch_loss']:.3f}{test}{steps}")
     return figures
 
 
@@ -149,15 +156,32 @@ def _optimiser(net: PhysicalNetwork, arch: Arch) -> torch.optim.Optimizer:
                              {"params": digital, "lr": arch.lr_digital}], fused=True)
 
 
+class _Done:
+    """An evaluation that finished when it was asked for (the synchronous approaches)."""
+
+    def __init__(self, scores: torch.Tensor) -> None:
+        self.scores = scores
+
+
 def _train(net: PhysicalNetwork, data: Dataset, arch: Arch, epochs: int, seed: int,
-           step: Callable[[torch.Tensor, torch.Tensor], float]) -> tuple[float, float]:
+           step: Callable[[torch.Tensor, torch.Tensor], float],
+           evaluate: Callable[[torch.Tensor], Any] | None = None,
+           finish: Callable[[], None] | None = None) -> dict[str, Any]:
     """``epochs`` epochs of minibatches (the order ``Trainer`` uses); ``step`` does forward
-    and backward and returns the minibatch's mean loss. Returns (wall seconds, last epoch's
-    mean loss)."""
+    and backward and returns the minibatch's mean loss. After every epoch, as ``Trainer``
+    does, ``evaluate(x_test)`` (if given) evaluates the network on the hardware: it returns
+    something whose ``scores`` are ready once ``finish()`` has returned (the pipelined
+    approach measures evaluations in the gaps of the next epoch's steps). Returns the wall
+    seconds (all of it, evaluations included), the seconds spent inside ``evaluate``
+    (``eval_wall_s``, the synchronous approaches' evaluation time), the last epoch's mean
+    loss and, with ``evaluate``, the test accuracy after each epoch."""
     opt = _optimiser(net, arch)
     x = torch.from_numpy(data.x_train)
     y = torch.from_numpy(data.y_train)
+    x_test = torch.from_numpy(data.x_test)
     net.train()
+    evaluations = []
+    eval_wall = 0.0
     began = time.perf_counter()
     loss_sum = 0.0
     for epoch in range(epochs):
@@ -169,26 +193,79 @@ def _train(net: PhysicalNetwork, data: Dataset, arch: Arch, epochs: int, seed: i
             opt.zero_grad()
             loss_sum += step(x[idx], y[idx]) * len(idx)
             opt.step()
-    return time.perf_counter() - began, loss_sum / len(y)
+        if evaluate is not None:
+            t = time.perf_counter()
+            evaluations.append(evaluate(x_test))
+            eval_wall += time.perf_counter() - t
+    if finish is not None:
+        finish()
+    wall = time.perf_counter() - began
+    out: dict[str, Any] = {"wall_s": wall, "eval_wall_s": eval_wall,
+                           "last_epoch_loss": loss_sum / len(y)}
+    if evaluate is not None:
+        labels = torch.from_numpy(data.y_test)
+        out["test_accuracy"] = [float((e.scores.argmax(1) == labels).float().mean())
+                                for e in evaluations]
+    return out
 
 
-def _figures(shots: int, instrument_s: float, wall_s: float, loss: float,
-             shot_s: float) -> dict[str, Any]:
-    return {"duty_cycle": instrument_s / wall_s, "nominal_duty_cycle": shots * shot_s / wall_s,
-            "shots": shots, "wall_s": wall_s, "instrument_s": instrument_s,
-            "last_epoch_loss": loss}
+def _plain_evaluate(net: PhysicalNetwork) -> Callable[[torch.Tensor], _Done]:
+    """``Trainer``'s evaluation: the whole test set, one request per physical layer."""
+    def evaluate(x: torch.Tensor) -> _Done:
+        net.set_path("hardware")
+        net.eval()
+        with torch.no_grad():
+            scores = net(x)
+        net.set_path("pat")
+        net.train()
+        return _Done(scores)
+    return evaluate
+
+
+def _figures(shots: int, instrument_s: float, run: dict[str, Any], shot_s: float,
+             eval_shots: int = 0, eval_instrument_s: float = 0.0) -> dict[str, Any]:
+    """Duty cycles of one run; ``eval_*`` (the synchronous approaches, whose evaluations are
+    separate) also give the duty cycle of the training steps alone."""
+    wall = run["wall_s"]
+    out = {"duty_cycle": instrument_s / wall, "nominal_duty_cycle": shots * shot_s / wall,
+           "shots": shots, "instrument_s": instrument_s, **run}
+    if run.get("test_accuracy"):
+        out["final_test_accuracy"] = run["test_accuracy"][-1]
+    if eval_shots:
+        train_wall = wall - run["eval_wall_s"]
+        out["steps_duty_cycle"] = (instrument_s - eval_instrument_s) / train_wall
+        out["steps_nominal_duty_cycle"] = (shots - eval_shots) * shot_s / train_wall
+    return out
+
+
+def _counting(evaluate: Callable[[torch.Tensor], Any], counters: Callable[[], tuple[int, float]],
+              into: list[float]) -> Callable[[torch.Tensor], Any]:
+    """``evaluate`` that adds the shots and instrument seconds it spends to ``into``."""
+    def wrapped(x: torch.Tensor) -> Any:
+        q0, s0 = counters()
+        done = evaluate(x)
+        q1, s1 = counters()
+        into[0] += q1 - q0
+        into[1] += s1 - s0
+        return done
+    return wrapped
+
+
+APPROACHES = ("reference", "labd_sync", "labd_pipelined", "labd_pipelined_steps")
 
 
 def measure_duty(epochs: int = 5, chunks: int = 2, shot_s: float = 0.001,
-                 seed: int = 0) -> dict[str, Any]:
-    """Duty cycles of the three approaches (module docstring)."""
+                 seed: int = 0, eval_chunk: int | None = None) -> dict[str, Any]:
+    """Duty cycles of the approaches (module docstring)."""
     torch.set_num_threads(1)
     data = load_task("vowels", None, None)
     arch = default_arch("vowels", SYSTEM)
     chunk = -(-arch.batch_size // chunks)  # rows per request
+    eval_chunk = eval_chunk or chunk
     ce_mean, ce_sum = nn.CrossEntropyLoss(), nn.CrossEntropyLoss(reduction="sum")
     out: dict[str, Any] = {"system": SYSTEM, "shot_s": shot_s, "epochs": epochs, "chunk": chunk,
-                           "batch_size": arch.batch_size, "depth": arch.depth,
+                           "eval_chunk": eval_chunk, "batch_size": arch.batch_size,
+                           "depth": arch.depth, "test_samples": len(data.y_test),
                            "backward": "nominal model"}
     with tempfile.TemporaryDirectory(prefix="labd-bench-duty-") as tmp:
         config = Path(tmp) / "shg.toml"
@@ -207,13 +284,16 @@ def measure_duty(epochs: int = 5, chunks: int = 2, shot_s: float = 0.001,
         net = copy.deepcopy(net0)
         for layer in net.physical_layers():
             layer.hardware = reference  # type: ignore[assignment]
+        spent = [0.0, 0.0]
         reference.system.open()
         try:
-            wall, loss = _train(net, data, arch, epochs, seed, plain(net))
+            run = _train(net, data, arch, epochs, seed, plain(net), _counting(
+                _plain_evaluate(net), lambda: (reference.queries, reference.instrument_s),
+                spent))
         finally:
             reference.system.close()
-        out["reference"] = _figures(reference.queries, reference.instrument_s, wall, loss,
-                                    shot_s)
+        out["reference"] = _figures(reference.queries, reference.instrument_s, run, shot_s,
+                                    int(spent[0]), spent[1])
 
         with LocalDaemon(config=config) as daemon, LabClient(daemon.endpoint) as client:
             timed = TimedClient(client)
@@ -221,25 +301,32 @@ def measure_duty(epochs: int = 5, chunks: int = 2, shot_s: float = 0.001,
             net = copy.deepcopy(net0)
             for layer in net.physical_layers():
                 layer.hardware = hw
-            wall, loss = _train(net, data, arch, epochs, seed, plain(net))
-            out["labd_sync"] = _figures(hw.queries, timed.instrument_s, wall, loss, shot_s)
+            spent = [0.0, 0.0]
+            run = _train(net, data, arch, epochs, seed, plain(net), _counting(
+                _plain_evaluate(net), lambda: (hw.queries, timed.instrument_s), spent))
+            out["labd_sync"] = _figures(hw.queries, timed.instrument_s, run, shot_s,
+                                        int(spent[0]), spent[1])
 
-            hw = Hardware(client, SYSTEM, daemon.endpoint)
-            net = copy.deepcopy(net0)
-            for layer in net.physical_layers():
-                layer.hardware = hw
-            instrument = [0.0]
+            for name, evaluating in (("labd_pipelined", True), ("labd_pipelined_steps", False)):
+                hw = Hardware(client, SYSTEM, daemon.endpoint)
+                net = copy.deepcopy(net0)
+                for layer in net.physical_layers():
+                    layer.hardware = hw
+                pipe = Pipeline(net, ce_sum, chunk, eval_chunk)
 
-            def pipelined(xb: torch.Tensor, yb: torch.Tensor) -> float:
-                result = pipelined_step(net, xb, yb, ce_sum, chunk)
-                instrument[0] += result.instrument_s
-                return result.loss
+                def pipelined(xb: torch.Tensor, yb: torch.Tensor, pipe: Pipeline = pipe
+                              ) -> float:
+                    return pipe.step(xb, yb).loss
 
-            wall, loss = _train(net, data, arch, epochs, seed, pipelined)
-            out["labd_pipelined"] = _figures(hw.queries, instrument[0], wall, loss, shot_s)
+                run = _train(net, data, arch, epochs, seed, pipelined,
+                             pipe.evaluate if evaluating else None, pipe.drain)
+                out[name] = _figures(hw.queries, pipe.instrument_s, run, shot_s)
     best = out["labd_pipelined"]
     out.update(duty_cycle=best["duty_cycle"], nominal_duty_cycle=best["nominal_duty_cycle"],
                shots=best["shots"], wall_s=best["wall_s"],
+               final_test_accuracy=best["final_test_accuracy"],
+               steps_duty_cycle=out["labd_pipelined_steps"]["duty_cycle"],
                reference_duty_cycle=out["reference"]["duty_cycle"],
-               sync_duty_cycle=out["labd_sync"]["duty_cycle"])
+               sync_duty_cycle=out["labd_sync"]["duty_cycle"],
+               sync_final_test_accuracy=out["labd_sync"]["final_test_accuracy"])
     return out

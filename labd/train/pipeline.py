@@ -37,6 +37,8 @@ shots counted in ``hardware.queries`` as ``Hardware.forward`` does.
 
 from __future__ import annotations
 
+import copy
+from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -110,10 +112,9 @@ def _chunk_forward(net: PhysicalNetwork, x: torch.Tensor
     return x
 
 
-def _submit(request: Request) -> tuple[tuple[PhysicalLayer, np.ndarray, np.ndarray,
-                                             ModelPoint], str]:
-    """Send a request; then, while it is measured, evaluate the model at the same point."""
-    layer, rows, theta = request
+def _send(layer: PhysicalLayer, rows: torch.Tensor, theta: torch.Tensor
+          ) -> tuple[np.ndarray, np.ndarray, str]:
+    """Send one request (clipped into range, shots counted as ``Hardware.forward`` does)."""
     hw = layer.hardware
     if hw is None:
         raise RuntimeError(f"layer on {layer.system!r} has no hardware to measure on")
@@ -122,7 +123,222 @@ def _submit(request: Request) -> tuple[tuple[PhysicalLayer, np.ndarray, np.ndarr
     rid = hw.client.submit(hw.system, xn, tn)
     hw.queries += int(xn.shape[0])
     hw.requests += 1
-    return (layer, xn, tn, ModelPoint.of(layer, rows, theta)), rid
+    return xn, tn, rid
+
+
+def _eval_forward(net: PhysicalNetwork, x: torch.Tensor
+                  ) -> Generator[Request, torch.Tensor, torch.Tensor]:
+    """The network's forward without gradients for one chunk: yields each physical request,
+    receives the measured ``y``, returns the scores."""
+    for block in net.blocks:
+        if isinstance(block, PhysicalLayer):
+            batch = x.shape[0]
+            rows, theta = block._rows(x)
+            y = yield block, rows, theta
+            x = y.reshape(batch, block.units * block.output_dim)
+        else:
+            x = block(x)
+    return x
+
+
+class Evaluation:
+    """Scores of one evaluation pass (``Pipeline.evaluate``): ``done`` once every chunk is
+    measured, then ``scores`` [N, classes]."""
+
+    def __init__(self, n: int) -> None:
+        self.parts: dict[int, torch.Tensor] = {}
+        self.n = n
+        self.remaining = 0
+
+    @property
+    def done(self) -> bool:
+        return self.remaining == 0
+
+    @property
+    def scores(self) -> torch.Tensor:
+        if not self.done:
+            raise RuntimeError("evaluation still in flight (Pipeline.drain() finishes it)")
+        return torch.cat([self.parts[k] for k in sorted(self.parts)])
+
+
+@dataclass(slots=True)
+class _EvalFlow:
+    flow: Generator[Request, torch.Tensor, torch.Tensor]
+    evaluation: Evaluation
+    start: int
+    request: Request | None = None  # the next request, computed, not yet sent
+
+
+@dataclass(slots=True)
+class _TrainFlow:
+    flow: Generator[Request, Any, torch.Tensor]
+    rows: slice
+
+
+@dataclass(slots=True)
+class _InFlight:
+    rid: str
+    layer: PhysicalLayer
+    xn: np.ndarray
+    tn: np.ndarray
+    owner: _TrainFlow | _EvalFlow
+    point: ModelPoint | None = None
+
+
+class Pipeline:
+    """Pipelined PAT steps and evaluations on the same hardware, keeping its queue fed.
+
+    ``step(x, labels)`` is ``pipelined_step``. ``evaluate(x)`` queues an evaluation (no
+    gradient) of the network *as it is now*: a frozen copy (parameters and buffers; hardware
+    and digital models shared) is cut into chunks of ``eval_chunk`` rows whose requests are
+    sent as *fillers*, one at a time, whenever a training step would otherwise leave the
+    daemon's queue empty while the trainer computes (the last chunk's backward pass, the
+    optimiser step, the next minibatch's first requests). The parameters a filler measures
+    are those of the frozen copy, so an evaluation is exactly the evaluation of the network
+    at the moment ``evaluate`` was called, whenever its shots happen; training steps are
+    untouched (their requests only wait behind a filler in the daemon's FIFO queue).
+    ``drain()`` sends every outstanding evaluation request back to back (a wavefront, like
+    training chunks) and waits for them all. ``instrument_s`` adds up every reply's
+    ``elapsed_s`` (training and evaluation).
+    """
+
+    def __init__(self, net: PhysicalNetwork,
+                 loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 chunk: int, eval_chunk: int | None = None, fill: bool = True) -> None:
+        self.net = net
+        self.loss_sum = loss_sum
+        self.chunk = chunk
+        self.eval_chunk = eval_chunk or chunk
+        self.fill = fill
+        self.inflight: deque[_InFlight] = deque()  # in the order sent: answered FIFO
+        self.fillers: deque[_EvalFlow] = deque()  # evaluation chunks with a request ready
+        self.instrument_s = 0.0
+
+    # -- evaluation -----------------------------------------------------------------------
+
+    def _frozen(self) -> PhysicalNetwork:
+        memo: dict[int, Any] = {}
+        for layer in self.net.physical_layers():
+            memo[id(layer.hardware)] = layer.hardware
+            memo[id(layer.model)] = layer.model
+            memo[id(layer.recorder)] = None  # evaluation shots are not training data
+        frozen = copy.deepcopy(self.net, memo)
+        frozen.set_path("hardware")
+        frozen.eval()
+        for p in frozen.parameters():
+            p.requires_grad_(False)
+        return frozen
+
+    def evaluate(self, x: torch.Tensor) -> Evaluation:
+        frozen = self._frozen()
+        evaluation = Evaluation(x.shape[0])
+        for start in range(0, x.shape[0], self.eval_chunk):
+            flow = _EvalFlow(_eval_forward(frozen, x[start:start + self.eval_chunk]),
+                             evaluation, start)
+            with torch.inference_mode():
+                flow.request = next(flow.flow)
+            evaluation.remaining += 1
+            self.fillers.append(flow)
+        return evaluation
+
+    def _send_filler(self) -> bool:
+        if not self.fillers:
+            return False
+        flow = self.fillers.popleft()
+        assert flow.request is not None
+        layer, rows, theta = flow.request
+        flow.request = None
+        xn, tn, rid = _send(layer, rows, theta)
+        self.inflight.append(_InFlight(rid, layer, xn, tn, flow))
+        return True
+
+    def _advance_eval(self, flow: _EvalFlow, y: torch.Tensor, eager: bool) -> None:
+        try:
+            with torch.inference_mode():
+                flow.request = flow.flow.send(y)
+        except StopIteration as done:
+            flow.evaluation.parts[flow.start] = done.value
+            flow.evaluation.remaining -= 1
+            return
+        if eager:
+            self._send_filler_of(flow)
+        else:
+            self.fillers.append(flow)
+
+    def _send_filler_of(self, flow: _EvalFlow) -> None:
+        self.fillers.appendleft(flow)
+        self._send_filler()
+
+    # -- replies --------------------------------------------------------------------------
+
+    def _collect(self, eager: bool = False) -> tuple[_InFlight, torch.Tensor]:
+        """Wait for the oldest request in flight; evaluation replies are handled here."""
+        entry = self.inflight.popleft()
+        hw = entry.layer.hardware
+        assert hw is not None
+        result = hw.client.result(entry.rid)
+        self.instrument_s += result.elapsed_s
+        y = torch.from_numpy(np.array(result.y, dtype=np.float32))
+        if isinstance(entry.owner, _EvalFlow):
+            self._advance_eval(entry.owner, y, eager)
+        elif entry.layer.recorder is not None:
+            entry.layer.recorder(entry.xn, entry.tn, y.numpy())
+        return entry, y
+
+    def drain(self) -> None:
+        """Send every outstanding evaluation request (wavefront) and wait for all replies."""
+        while self.fillers:
+            self._send_filler()
+        while self.inflight:
+            self._collect(eager=True)
+
+    # -- training -------------------------------------------------------------------------
+
+    def _submit_train(self, flow: _TrainFlow, request: Request) -> None:
+        layer, rows, theta = request
+        xn, tn, rid = _send(layer, rows, theta)
+        # while it is measured: the model at the same point, with its graph
+        self.inflight.append(_InFlight(rid, layer, xn, tn, flow, ModelPoint.of(layer, rows,
+                                                                               theta)))
+
+    def _keep_fed(self) -> None:
+        """Before the trainer computes: if nothing is queued, send an evaluation filler."""
+        if self.fill and not self.inflight:
+            self._send_filler()
+
+    def step(self, x: torch.Tensor, labels: torch.Tensor) -> Step:
+        """``pipelined_step`` (module docstring), with evaluation fillers (class docstring)."""
+        batch = x.shape[0]
+        pending = 0
+        for start in range(0, batch, self.chunk):
+            flow = _TrainFlow(_chunk_forward(self.net, x[start:start + self.chunk]),
+                              slice(start, min(start + self.chunk, batch)))
+            self._submit_train(flow, next(flow.flow))
+            pending += 1
+        parts: list[tuple[slice, torch.Tensor]] = []
+        total = 0.0
+        began = self.instrument_s
+        while pending:
+            entry, y = self._collect()
+            owner = entry.owner
+            if not isinstance(owner, _TrainFlow):
+                continue
+            assert entry.point is not None
+            try:
+                request = owner.flow.send((entry.point, y))
+            except StopIteration as done:
+                pending -= 1
+                self._keep_fed()
+                scores = done.value
+                loss = self.loss_sum(scores, labels[owner.rows]) / batch
+                loss.backward()
+                total += loss.item()
+                parts.append((owner.rows, scores.detach()))
+                continue
+            self._submit_train(owner, request)
+        self._keep_fed()
+        parts.sort(key=lambda p: p[0].start)
+        return Step(total, torch.cat([s for _, s in parts]), self.instrument_s - began)
 
 
 def pipelined_step(net: PhysicalNetwork, x: torch.Tensor, labels: torch.Tensor,
@@ -134,37 +350,4 @@ def pipelined_step(net: PhysicalNetwork, x: torch.Tensor, labels: torch.Tensor,
     ``CrossEntropyLoss(reduction="sum")``); the gradient left in the parameters is that of the
     mean over the minibatch.
     """
-    batch = x.shape[0]
-    flows: dict[str, tuple[Generator[Request, Any, torch.Tensor], slice, Any]] = {}
-    order: list[str] = []  # request ids in the order sent: the daemon answers one system FIFO
-    for start in range(0, batch, chunk):
-        rows = slice(start, min(start + chunk, batch))
-        flow = _chunk_forward(net, x[rows])
-        sent, rid = _submit(next(flow))
-        flows[rid] = (flow, rows, sent)
-        order.append(rid)
-    parts: list[tuple[slice, torch.Tensor]] = []
-    total, instrument_s = 0.0, 0.0
-    while order:
-        rid = order.pop(0)
-        flow, rows, (layer, xn, tn, point) = flows.pop(rid)
-        hw = layer.hardware
-        assert hw is not None
-        result = hw.client.result(rid)
-        instrument_s += result.elapsed_s
-        y = np.array(result.y, dtype=np.float32)
-        if layer.recorder is not None:
-            layer.recorder(xn, tn, y)
-        try:
-            sent, nxt = _submit(flow.send((point, torch.from_numpy(y))))
-        except StopIteration as done:
-            chunk_scores = done.value
-            loss = loss_sum(chunk_scores, labels[rows]) / batch
-            loss.backward()
-            total += loss.item()
-            parts.append((rows, chunk_scores.detach()))
-            continue
-        flows[nxt] = (flow, rows, sent)
-        order.append(nxt)
-    parts.sort(key=lambda p: p[0].start)
-    return Step(total, torch.cat([s for _, s in parts]), instrument_s)
+    return Pipeline(net, loss_sum, chunk, fill=False).step(x, labels)

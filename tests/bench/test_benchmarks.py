@@ -41,9 +41,13 @@ def test_sim(tmp_path: Path) -> None:
 def test_duty(tmp_path: Path) -> None:
     figures = bench(tmp_path, "duty", "--quick")
     assert 0.05 < figures["duty_cycle"] <= 1.0
-    assert figures["shots"] == 210 * figures["depth"]
-    for name in ("reference", "labd_sync", "labd_pipelined"):
+    # one epoch: 210 training vowels and the 49 test vowels (the evaluation), every layer
+    assert figures["shots"] == (210 + 49) * figures["depth"]
+    assert figures["labd_pipelined_steps"]["shots"] == 210 * figures["depth"]
+    for name in ("reference", "labd_sync", "labd_pipelined", "labd_pipelined_steps"):
         assert 0.05 < figures[name]["duty_cycle"] <= 1.0
+    for name in ("reference", "labd_sync", "labd_pipelined"):
+        assert 0.0 <= figures[name]["final_test_accuracy"] <= 1.0
 
 
 @pytest.mark.timeout(60)

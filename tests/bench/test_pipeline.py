@@ -18,7 +18,7 @@ from labd.daemon.system import PhysicalSystem
 from labd.train.arch import build_network, default_arch
 from labd.train.datasets import load_task
 from labd.train.hardware import Hardware
-from labd.train.pipeline import pipelined_step
+from labd.train.pipeline import Pipeline, pipelined_step
 
 
 class Deterministic:
@@ -68,3 +68,39 @@ def test_pipelined_gradient_equals_plain(chunk: int) -> None:
     for (name, p), q in zip(net.named_parameters(), other.parameters(), strict=True):
         assert q.grad is not None, name
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_evaluation_fillers_leave_training_exact() -> None:
+    """Evaluations measured as fillers between steps: scores of the network as it was when
+    ``evaluate`` was called; the steps' gradients are those of the plain loop."""
+    torch.set_num_threads(1)
+    description = PhysicalSystem.from_config("shg", load_config().systems["shg"]).describe()
+    data = load_task("vowels", None, None)
+    arch = default_arch("vowels", "shg")
+    hw = Hardware(Deterministic(description), "shg")
+    net = build_network(arch, data.n_features, data.n_classes,
+                        [(description, nominal_model(description), hw)] * arch.depth, seed=3)
+    with torch.no_grad():
+        net.initialise(torch.from_numpy(data.x_train[:64]))
+    plain = copy.deepcopy(net)
+    x_test = torch.from_numpy(data.x_test)
+    with torch.no_grad():
+        expected = plain(x_test)
+    pipe = Pipeline(net, nn.CrossEntropyLoss(reduction="sum"), 11, eval_chunk=7)
+    evaluation = pipe.evaluate(x_test)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    opt_plain = torch.optim.SGD(plain.parameters(), lr=0.1)
+    for i in range(0, 63, 21):
+        x = torch.from_numpy(data.x_train[i:i + 21])
+        labels = torch.from_numpy(data.y_train[i:i + 21])
+        opt.zero_grad()
+        opt_plain.zero_grad()
+        pipe.step(x, labels)
+        nn.CrossEntropyLoss()(plain(x), labels).backward()
+        for (name, p), q in zip(plain.named_parameters(), net.parameters(), strict=True):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+        opt.step()
+        opt_plain.step()
+    pipe.drain()
+    assert evaluation.done and not pipe.inflight and not pipe.fillers
+    torch.testing.assert_close(evaluation.scores, expected, rtol=1e-5, atol=1e-6)
