@@ -51,6 +51,7 @@ class LoopConfig:
     lr_digital: float
     seed: int = 0
     eval_train_max: int = 10000
+    #: shots per evaluation request (samples x units of the widest physical layer)
     eval_batch: int = 8192
     progress: bool = True
 
@@ -153,9 +154,12 @@ class Trainer:
                 ) -> np.ndarray:
         """Predicted classes of ``x`` along ``path`` (``hardware`` or ``model``)."""
         self.net.set_path(path)  # type: ignore[arg-type]
+        # eval_batch counts shots per request: each sample is one shot per unit of a layer
+        units = max((layer.units for layer in self.net.physical_layers()), default=1)
+        step = max(1, self.cfg.eval_batch // units)
         out = []
-        for i in range(0, len(x), self.cfg.eval_batch):
-            scores = self.net(torch.from_numpy(x[i:i + self.cfg.eval_batch]), keep)
+        for i in range(0, len(x), step):
+            scores = self.net(torch.from_numpy(x[i:i + step]), keep)
             out.append(scores.argmax(1).numpy())
         return np.concatenate(out)
 
