@@ -26,6 +26,23 @@ gradient, each evaluated at the measured outputs of the current parameters. Para
 change while a minibatch is in flight (no stale gradients). ``tests/bench/test_pipeline.py``
 checks that gradients equal the plain loop's.
 
+Evaluations (``Pipeline.evaluate``) measure a frozen copy of the network in the gaps a step
+leaves (see ``Pipeline``): exact, and the training steps are unchanged.
+
+One step stale (``Pipeline.train_epoch``, opt-in): what the exact step cannot hide is the
+minibatch boundary, where the last chunk's reply, its backward pass, the optimiser step and
+the next minibatch's first request (plus the daemon's hand-offs) all wait on each other;
+and every extra chunk costs the daemon about a millisecond of dead time between requests.
+``train_epoch`` keeps *two minibatches* in flight instead of chunks: minibatch ``k+1``'s
+first request is sent before minibatch ``k``'s backward pass and optimiser step, so the
+instrument measures it while the trainer computes. Minibatch ``k+1`` therefore runs
+(forward on the hardware and backward through the model, consistently) on a replica of the
+network with the parameters ``theta_k`` it had when its first request was sent, and its
+gradient is applied at step ``k+1`` to ``theta_{k+1}``: SGD/Adam with gradients one step
+stale (minibatch 0: not stale). This is *not* the plain loop's algorithm;
+``tests/bench/test_pipeline.py`` checks that it is exactly delayed-gradient SGD, and
+``docs/performance.md`` compares the accuracy it trains to.
+
 Contract: ``pipelined_step(net, x, labels, loss_sum, chunk)`` runs forward (hardware) and
 backward (digital model) for one minibatch and leaves the gradients in the parameters (the
 caller zeroes them before and steps the optimiser after) and returns a ``Step``: the
@@ -173,6 +190,7 @@ class _EvalFlow:
 class _TrainFlow:
     flow: Generator[Request, Any, torch.Tensor]
     rows: slice
+    minibatch: int = 0
 
 
 @dataclass(slots=True)
@@ -191,9 +209,11 @@ class Pipeline:
     ``step(x, labels)`` is ``pipelined_step``. ``evaluate(x)`` queues an evaluation (no
     gradient) of the network *as it is now*: a frozen copy (parameters and buffers; hardware
     and digital models shared) is cut into chunks of ``eval_chunk`` rows whose requests are
-    sent as *fillers*, one at a time, whenever a training step would otherwise leave the
-    daemon's queue empty while the trainer computes (the last chunk's backward pass, the
-    optimiser step, the next minibatch's first requests). The parameters a filler measures
+    sent as *fillers*, one at a time: one queued right behind a step's last request (it is
+    measured while the trainer waits for that reply, back-propagates the last chunk, steps
+    the optimiser and sends the next minibatch's first requests: the gap the wavefront
+    cannot hide), and one whenever the daemon's queue would otherwise be empty while the
+    trainer computes. The parameters a filler measures
     are those of the frozen copy, so an evaluation is exactly the evaluation of the network
     at the moment ``evaluate`` was called, whenever its shots happen; training steps are
     untouched (their requests only wait behind a filler in the daemon's FIFO queue).
@@ -310,11 +330,17 @@ class Pipeline:
         """``pipelined_step`` (module docstring), with evaluation fillers (class docstring)."""
         batch = x.shape[0]
         pending = 0
+        # requests of this step still to send: once the last one is sent, a filler queues
+        # behind it, measured while the trainer waits for that reply and computes
+        to_send = -(-batch // self.chunk) * len(self.net.physical_layers())
         for start in range(0, batch, self.chunk):
             flow = _TrainFlow(_chunk_forward(self.net, x[start:start + self.chunk]),
                               slice(start, min(start + self.chunk, batch)))
             self._submit_train(flow, next(flow.flow))
             pending += 1
+            to_send -= 1
+        if to_send == 0 and self.fill:
+            self._send_filler()
         parts: list[tuple[slice, torch.Tensor]] = []
         total = 0.0
         began = self.instrument_s
@@ -336,9 +362,89 @@ class Pipeline:
                 parts.append((owner.rows, scores.detach()))
                 continue
             self._submit_train(owner, request)
+            to_send -= 1
+            if to_send == 0 and self.fill:
+                self._send_filler()
         self._keep_fed()
         parts.sort(key=lambda p: p[0].start)
         return Step(total, torch.cat([s for _, s in parts]), self.instrument_s - began)
+
+    # -- training one step stale ----------------------------------------------------------
+
+    def _replica(self, pool: list[PhysicalNetwork]) -> PhysicalNetwork:
+        """A copy of the network at its current parameters (hardware, digital models and
+        recorder shared), taken from ``pool`` or made."""
+        if pool:
+            replica = pool.pop()
+            with torch.no_grad():
+                for mine, live in zip(replica.parameters(), self.net.parameters(), strict=True):
+                    mine.copy_(live)
+            return replica
+        memo: dict[int, Any] = {}
+        for layer in self.net.physical_layers():
+            for shared in (layer.hardware, layer.model, layer.recorder):
+                memo[id(shared)] = shared
+        replica = copy.deepcopy(self.net, memo)
+        for p in replica.parameters():
+            p.grad = None
+        return replica
+
+    def train_epoch(self, batches: list[tuple[torch.Tensor, torch.Tensor]],
+                    opt: torch.optim.Optimizer) -> list[float]:
+        """Minibatches ``batches`` with the optimiser ``opt``, two minibatches in flight:
+        gradients one step stale (module docstring, "one step stale"). Returns each
+        minibatch's mean loss. The optimiser steps here (``zero_grad`` included)."""
+        pool: list[PhysicalNetwork] = []
+        replicas: dict[int, PhysicalNetwork] = {}
+        pending: dict[int, int] = {}  # minibatch -> chunks not yet back-propagated
+        losses = [0.0] * len(batches)
+
+        def start(k: int) -> None:
+            replica = replicas[k] = self._replica(pool)
+            x = batches[k][0]
+            pending[k] = 0
+            for begin in range(0, x.shape[0], self.chunk):
+                flow = _TrainFlow(_chunk_forward(replica, x[begin:begin + self.chunk]),
+                                  slice(begin, min(begin + self.chunk, x.shape[0])), k)
+                self._submit_train(flow, next(flow.flow))
+                pending[k] += 1
+
+        for k in range(min(2, len(batches))):
+            start(k)
+        following = 2
+        while pending:
+            entry, y = self._collect()
+            owner = entry.owner
+            if not isinstance(owner, _TrainFlow):
+                continue
+            assert entry.point is not None
+            try:
+                request = owner.flow.send((entry.point, y))
+            except StopIteration as done:
+                k = owner.minibatch
+                pending[k] -= 1
+                self._keep_fed()
+                labels = batches[k][1]
+                loss = self.loss_sum(done.value, labels[owner.rows]) / labels.shape[0]
+                loss.backward()
+                losses[k] += loss.item()
+                if pending[k]:
+                    continue
+                del pending[k]
+                replica = replicas.pop(k)
+                for live, mine in zip(self.net.parameters(), replica.parameters(),
+                                      strict=True):
+                    live.grad, mine.grad = mine.grad, None
+                opt.step()
+                opt.zero_grad()
+                pool.append(replica)
+                if following < len(batches):
+                    start(following)
+                    following += 1
+                continue
+            self._submit_train(owner, request)
+        self._keep_fed()
+        return losses
 
 
 def pipelined_step(net: PhysicalNetwork, x: torch.Tensor, labels: torch.Tensor,

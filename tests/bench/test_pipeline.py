@@ -104,3 +104,41 @@ def test_evaluation_fillers_leave_training_exact() -> None:
     pipe.drain()
     assert evaluation.done and not pipe.inflight and not pipe.fillers
     torch.testing.assert_close(evaluation.scores, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [21, 11])
+def test_stale_epoch_is_delayed_sgd(chunk: int) -> None:
+    """``train_epoch``: minibatch k's gradient is taken at the parameters before step k-1
+    (minibatch 0 at the initial ones) and applied at step k: SGD with a one-step delay."""
+    torch.set_num_threads(1)
+    description = PhysicalSystem.from_config("shg", load_config().systems["shg"]).describe()
+    data = load_task("vowels", None, None)
+    arch = default_arch("vowels", "shg")
+    hw = Hardware(Deterministic(description), "shg")
+    net = build_network(arch, data.n_features, data.n_classes,
+                        [(description, nominal_model(description), hw)] * arch.depth, seed=3)
+    with torch.no_grad():
+        net.initialise(torch.from_numpy(data.x_train[:64]))
+    ref = copy.deepcopy(net)
+    batches = [(torch.from_numpy(data.x_train[i:i + 21]), torch.from_numpy(data.y_train[i:i + 21]))
+               for i in range(0, 105, 21)]
+    pipe = Pipeline(net, nn.CrossEntropyLoss(reduction="sum"), chunk)
+    losses = pipe.train_epoch(batches, torch.optim.SGD(net.parameters(), lr=0.1))
+
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    previous = copy.deepcopy(ref)  # the parameters one step back
+    expected = []
+    for k, (x, labels) in enumerate(batches):
+        at = copy.deepcopy(previous if k else ref)
+        loss = nn.CrossEntropyLoss()(at(x), labels)
+        loss.backward()
+        expected.append(loss.item())
+        previous = copy.deepcopy(ref)
+        for p, q in zip(ref.parameters(), at.parameters(), strict=True):
+            p.grad = q.grad
+        opt.step()
+        opt.zero_grad()
+    assert losses == pytest.approx(expected, rel=1e-5)
+    for (name, p), q in zip(ref.named_parameters(), net.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=name)
+    assert not pipe.inflight
