@@ -23,6 +23,8 @@ Contract:
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,7 +37,8 @@ import zmq
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
-from protocols.frames import decode_reply, encode
+from protocols.frames import Reply, decode_reply, encode, encode_forward
+from protocols.transport import recv_frames, send_frames
 from protocols.v1 import DEFAULT_CONTROL_ENDPOINT, VERSION
 
 
@@ -127,7 +130,11 @@ class LabClient:
         self._context = zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         self._pending: dict[str, tuple[list[Any], float]] = {}  # id -> (request frames, sent)
-        self._arrived: dict[str, tuple[Any, dict[str, np.ndarray]]] = {}
+        self._arrived: dict[str, tuple[Reply, dict[str, np.ndarray]]] = {}
+        # Request ids: 64 random bits per client and a counter (a uuid4 per request costs
+        # microseconds; under CURVE several clients share a key name, hence the random part).
+        self._id_prefix = os.urandom(8).hex()
+        self._id_counter = itertools.count(1)
         self._connect()
 
     # -- connection ---------------------------------------------------------------------------
@@ -194,13 +201,30 @@ class LabClient:
         """Send one request without waiting; return its id."""
         if self._socket is None:
             raise RuntimeError("client is closed")
-        rid = request_id or uuid.uuid4().hex
+        rid = request_id or self._new_id()
         frames = [b"", *encode({"v": VERSION, "id": rid, "op": op, **(fields or {})}, arrays)]
-        self._socket.send_multipart(frames, copy=False)
+        return self._send_frames(rid, frames)
+
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._id_counter):x}"
+
+    def _send_frames(self, rid: str, frames: list[Any]) -> str:
+        if self._socket is None:
+            raise RuntimeError("client is closed")
+        send_frames(self._socket, frames)
         self._pending[rid] = (frames, time.monotonic())
         return rid
 
-    def wait(self, rid: str, timeout_s: float | None = None) -> tuple[Any, dict[str, np.ndarray]]:
+    def _send_forward(self, system: str, x: np.ndarray, theta: np.ndarray,
+                      request_id: str | None = None) -> str:
+        """``send("forward", {"system": system}, self._arrays(x, theta))``, framed directly."""
+        rid = request_id or self._new_id()
+        frames = encode_forward(rid, system, np.ascontiguousarray(x, dtype=np.float32),
+                                np.ascontiguousarray(theta, dtype=np.float32))
+        return self._send_frames(rid, [b"", *frames])
+
+    def wait(self, rid: str, timeout_s: float | None = None
+             ) -> tuple[Reply, dict[str, np.ndarray]]:
         """The reply header and arrays of request ``rid``; raises ``LabError`` on error replies
         and ``ReplyTimeout`` when nothing comes within the timeout."""
         assert self._socket is not None
@@ -217,7 +241,7 @@ class LabClient:
                 deadline = time.monotonic() + timeout  # sent again: a fresh timeout
             if self._socket not in ready:
                 continue
-            frames = self._socket.recv_multipart(copy=False)
+            frames = recv_frames(self._socket)
             body = frames[1:] if frames and len(frames[0]) == 0 else frames
             header, arrays = decode_reply(body)
             if header.id in self._pending:
@@ -231,9 +255,14 @@ class LabClient:
         return header, arrays
 
     def call(self, op: str, fields: dict[str, Any] | None = None,
-             arrays: tuple[tuple[str, np.ndarray], ...] = ()) -> tuple[Any, dict[str, np.ndarray]]:
+             arrays: tuple[tuple[str, np.ndarray], ...] = ()
+             ) -> tuple[Reply, dict[str, np.ndarray]]:
         """Send a request and wait for its reply, retrying retryable failures with the same id."""
-        rid = self.send(op, fields, arrays)
+        return self._retrying(self.send(op, fields, arrays),
+                              lambda rid: self.send(op, fields, arrays, request_id=rid))
+
+    def _retrying(self, rid: str, resend: Any) -> tuple[Reply, dict[str, np.ndarray]]:
+        """Wait for ``rid``, sending it again with ``resend(rid)`` after retryable failures."""
         for attempt in range(self.retries + 1):
             try:
                 return self.wait(rid)
@@ -244,7 +273,7 @@ class LabClient:
                 time.sleep(min(0.05 * 2 ** attempt, 2.0))
                 if isinstance(exc, ReplyTimeout):
                     self._reconnect()
-                self.send(op, fields, arrays, request_id=rid)
+                resend(rid)
         raise AssertionError("unreachable")
 
     # -- operations ---------------------------------------------------------------------------
@@ -268,7 +297,10 @@ class LabClient:
 
     def measure(self, system: str, x: np.ndarray, theta: np.ndarray) -> ForwardResult:
         """One physical forward pass: ``y``, the first row's ``seq`` and the instrument time."""
-        header, arrays = self.call("forward", {"system": system}, self._arrays(x, theta))
+        x, theta = np.ascontiguousarray(x, np.float32), np.ascontiguousarray(theta, np.float32)
+        header, arrays = self._retrying(
+            self._send_forward(system, x, theta),
+            lambda rid: self._send_forward(system, x, theta, request_id=rid))
         return _forward_result(header, arrays)
 
     def forward(self, system: str, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
@@ -277,7 +309,7 @@ class LabClient:
 
     def submit(self, system: str, x: np.ndarray, theta: np.ndarray) -> str:
         """Send a forward request without waiting; collect it with ``result(id)``."""
-        return self.send("forward", {"system": system}, self._arrays(x, theta))
+        return self._send_forward(system, x, theta)
 
     def result(self, rid: str) -> ForwardResult:
         header, arrays = self.wait(rid)
@@ -295,6 +327,7 @@ def curve_keys(server_public_file: str | Path, client_secret_file: str | Path
     return {"server_key": server_public, "public_key": public, "secret_key": secret}
 
 
-def _forward_result(header: Any, arrays: dict[str, np.ndarray]) -> ForwardResult:
-    extra = header.model_extra or {}
-    return ForwardResult(y=arrays["y"], seq=int(extra["seq"]), elapsed_s=float(extra["elapsed_s"]))
+def _forward_result(header: Reply, arrays: dict[str, np.ndarray]) -> ForwardResult:
+    fields = header.fields
+    return ForwardResult(y=arrays["y"], seq=int(fields["seq"]),
+                         elapsed_s=float(fields["elapsed_s"]))

@@ -28,6 +28,7 @@ import zmq
 
 from labd.client import LabClient
 from labd.daemon.process import LocalDaemon, free_port
+from protocols.transport import recv_frames, send_frames
 
 DESCRIPTION = "forward round trips on the loopback against a raw pyzmq echo, 48 B to 4 MiB"
 
@@ -54,22 +55,25 @@ detector = {{ driver = "sim.adc" }}
 """
 
 #: The raw echo server: a ROUTER answering [identity, "", x, theta] with [identity, "", y],
-#: ``y`` being a preallocated frame of x's size (what the loopback answers), zero-copy.
+#: ``y`` being a preallocated frame of x's size (what the loopback answers), zero-copy. It
+#: sends and receives with the same lean calls as labd (``protocols.transport``), so that the
+#: comparison measures labd's own work and not a difference in how pyzmq is called.
 ECHO = """
 import sys, zmq
+from protocols.transport import recv_frames, send_frames
 ctx = zmq.Context()
 s = ctx.socket(zmq.ROUTER)
 s.bind(sys.argv[1])
 replies = {}
 while True:
-    msg = s.recv_multipart(copy=False)
+    msg = recv_frames(s)
     if len(msg) == 3 and msg[2].bytes == b"stop":
         break
     n = len(msg[2])
     y = replies.get(n)
     if y is None:
         y = replies[n] = zmq.Frame(bytes(n))
-    s.send_multipart([msg[0], b"", y], copy=False)
+    send_frames(s, [msg[0], b"", y])
 s.close(linger=0)
 ctx.term()
 """
@@ -111,8 +115,8 @@ def _measure(client: LabClient, raw: zmq.Socket, rows: int, dim: int,
     system = f"lb{dim}"
     for _ in range(10):  # warm up both paths
         client.measure(system, x, theta)
-        raw.send_multipart([b"", x, theta], copy=False)
-        raw.recv_multipart(copy=False)
+        send_frames(raw, [b"", x, theta])
+        recv_frames(raw)
     labd_t: list[float] = []
     raw_t: list[float] = []
     deadline = time.perf_counter() + seconds
@@ -120,8 +124,8 @@ def _measure(client: LabClient, raw: zmq.Socket, rows: int, dim: int,
         began = time.perf_counter()
         client.measure(system, x, theta)
         middle = time.perf_counter()
-        raw.send_multipart([b"", x, theta], copy=False)
-        raw.recv_multipart(copy=False)
+        send_frames(raw, [b"", x, theta])
+        recv_frames(raw)
         ended = time.perf_counter()
         labd_t.append(middle - began)
         raw_t.append(ended - middle)

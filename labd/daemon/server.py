@@ -43,17 +43,20 @@ from labd.daemon.worker import Job, SystemWorker, finish_job, measure_job
 from protocols.frames import (
     Buffer,
     ProtocolError,
+    Request,
     decode_request,
     error_reply,
     ok_reply,
     peek_id,
 )
-from protocols.v1 import SUPPORTED_VERSIONS, VERSION, ErrorCode, RequestHeader
+from protocols.transport import recv_frames, send_frames
+from protocols.v1 import SUPPORTED_VERSIONS, VERSION, ErrorCode
 
 log = logging.getLogger("labd.server")
 
 PIPE_ENDPOINT = "inproc://labd-replies"
 POLL_MS = 100
+POLLIN = int(zmq.POLLIN)
 #: Frames larger than this many times the configured message limit are dropped by ZeroMQ itself
 #: (the peer is disconnected); smaller oversized requests get a ``too_large`` reply.
 HARD_LIMIT_FACTOR = 4
@@ -79,7 +82,7 @@ class ReplyCache:
     def put(self, key: tuple[str, str], frames: list[Any]) -> None:
         if self._entries == 0:
             return
-        size = sum(len(f) for f in frames)
+        size = sum(map(len, frames))
         self._replies[key] = (frames, size)
         self._bytes += size
         while self._replies and (len(self._replies) > self._entries
@@ -201,6 +204,14 @@ class Daemon:
     def serve(self) -> None:
         """Run until ``stop()``; then shut down cleanly."""
         assert self.router is not None and self._pipe is not None
+        if not self.workers:
+            self._serve_inline()
+        else:
+            self._serve_with_workers()
+        self._shutdown()
+
+    def _serve_with_workers(self) -> None:
+        assert self.router is not None and self._pipe is not None
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self._pipe, zmq.POLLIN)
@@ -210,13 +221,31 @@ class Daemon:
             if self._pipe in ready:
                 self._drain_pipe()
             if self.router in ready:
-                for _ in range(64):
-                    try:
-                        frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self._on_request(frames)
-        self._shutdown()
+                self._read_requests()
+
+    def _serve_inline(self) -> None:
+        """The loop of a daemon whose systems are all inline: no worker replies to wait for
+        and no calls to watch, so a blocking receive (with a timeout, to notice ``stop()``)
+        takes the place of polling two sockets."""
+        assert self.router is not None
+        self.router.setsockopt(zmq.RCVTIMEO, POLL_MS)
+        while not self._stop.is_set():
+            try:
+                frames = recv_frames(self.router)
+            except zmq.Again:
+                continue
+            self._on_request(frames)
+            if self.router.get(zmq.EVENTS) & POLLIN:
+                self._read_requests()
+
+    def _read_requests(self) -> None:
+        """Answer what is queued on the router, up to 64 messages, asking the socket whether
+        more wait instead of provoking (and catching) zmq.Again after the last one."""
+        assert self.router is not None
+        for _ in range(64):
+            self._on_request(recv_frames(self.router))
+            if not self.router.get(zmq.EVENTS) & POLLIN:
+                return
 
     def _shutdown(self) -> None:
         log.info("shutting down: finishing requests in hand")
@@ -272,7 +301,7 @@ class Daemon:
     def _send(self, envelope: list[bytes], frames: list[Any]) -> None:
         assert self.router is not None
         try:
-            self.router.send_multipart([*envelope, *frames], copy=False)
+            send_frames(self.router, [*envelope, *frames])
         except zmq.ZMQError as exc:  # the client went away; nothing to deliver to
             log.debug("reply not delivered: %s", exc)
 
@@ -305,7 +334,7 @@ class Daemon:
 
     def _handle(self, envelope: list[bytes], client: str,
                 body: list[zmq.Frame]) -> list[Buffer] | None:
-        size = sum(len(f) for f in body)
+        size = sum(map(len, body))
         limit = self.config.server.max_message_bytes
         if size > limit:
             rid = ""
@@ -336,8 +365,8 @@ class Daemon:
         raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown operation {op!r}; this daemon "
                             f"answers hello, describe, forward, status", rid)
 
-    def _system(self, header: RequestHeader) -> PhysicalSystem:
-        name = (header.model_extra or {}).get("system")
+    def _system(self, header: Request) -> PhysicalSystem:
+        name = header.fields.get("system")
         if not isinstance(name, str):
             raise ProtocolError(ErrorCode.BAD_REQUEST,
                                 f"{header.op} needs the field 'system' (string)", header.id)
@@ -348,10 +377,10 @@ class Daemon:
                                 f"no system {name!r}; this daemon has {list(self.systems)}",
                                 header.id) from None
 
-    def _forward(self, envelope: list[bytes], client: str, header: RequestHeader,
+    def _forward(self, envelope: list[bytes], client: str, header: Request,
                  system: PhysicalSystem, arrays: dict[str, Any]) -> list[Buffer] | None:
         rid = header.id
-        if set(arrays) != {"x", "theta"}:
+        if len(arrays) != 2 or "x" not in arrays or "theta" not in arrays:
             raise ProtocolError(ErrorCode.BAD_REQUEST,
                                 f"forward needs exactly the arrays 'x' and 'theta', got "
                                 f"{sorted(arrays)}", rid)

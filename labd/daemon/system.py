@@ -18,6 +18,7 @@ reopens the instruments before the next request.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from typing import Any
 
@@ -28,6 +29,30 @@ from drivers.registry import build_rig
 from labd.config import SystemConfig
 from protocols.frames import ProtocolError
 from protocols.v1 import ErrorCode
+
+#: Arrays up to this many elements are checked as Python floats: numpy's reductions cost a few
+#: microseconds each however small the array, a list of a few dozen floats far less.
+SMALL = 64
+
+
+def _span(a: np.ndarray) -> tuple[float, float]:
+    """Smallest and largest element of a non-empty float32 array; NaN in both if any element
+    is NaN or infinite."""
+    if a.size <= SMALL:
+        values = a.ravel().tolist()
+        # min/max of a list skip NaN depending on its position; the sum does not (and a sum of
+        # at most SMALL float32 values cannot overflow a double)
+        if not math.isfinite(sum(values)):
+            return math.nan, math.nan
+        return min(values), max(values)
+    return float(a.min()), float(a.max())  # NaN propagates into both
+
+
+def _finite(a: np.ndarray) -> bool:
+    """Whether every element is finite."""
+    if a.size <= SMALL and math.isfinite(sum(a.ravel().tolist())):
+        return True  # (a sum that overflowed, or any NaN or inf: numpy decides)
+    return bool(np.isfinite(a).all())
 
 
 class SystemFault(Exception):
@@ -100,8 +125,8 @@ class PhysicalSystem:
         for label, a, (lo, hi) in (("x", x, c.input_range), ("theta", theta, c.param_range)):
             if a.size == 0:
                 continue
-            amin, amax = float(a.min()), float(a.max())  # NaN propagates into both
-            if not (np.isfinite(amin) and np.isfinite(amax)):
+            amin, amax = _span(a)
+            if not (math.isfinite(amin) and math.isfinite(amax)):
                 raise ProtocolError(ErrorCode.OUT_OF_RANGE, f"{label} contains NaN or inf")
             if amin < lo or amax > hi:
                 raise ProtocolError(ErrorCode.OUT_OF_RANGE,
@@ -142,6 +167,6 @@ class PhysicalSystem:
             raise SystemFault(f"{self.detector.name} returned shape {list(trace.shape)}, "
                               f"expected {list(expected)}", True)
         y = self.config.decode(trace)
-        if not np.isfinite(y).all():
+        if not _finite(y):
             raise SystemFault(f"{self.detector.name} returned non-finite values", True)
         return np.ascontiguousarray(y, dtype=np.float32), spent

@@ -33,7 +33,7 @@ import zmq
 
 from labd.daemon.recording import Measurement, Recorder, SequenceCounter
 from labd.daemon.system import PhysicalSystem, SystemFault
-from protocols.frames import Buffer, error_reply, ok_reply
+from protocols.frames import Buffer, error_reply, forward_reply
 from protocols.v1 import ErrorCode
 
 log = logging.getLogger("labd.worker")
@@ -94,7 +94,7 @@ def finish_job(system: PhysicalSystem, job: Job, result: tuple[np.ndarray, float
                            f"measured, but the store could not record it ({exc}); the result "
                            f"is withheld so that nothing unrecorded reaches a client",
                            retryable=True)
-    return ok_reply(job.request_id, {"seq": seq, "elapsed_s": elapsed}, [("y", y)])
+    return forward_reply(job.request_id, seq, elapsed, y)
 
 
 class SystemWorker(threading.Thread):
