@@ -56,9 +56,9 @@ EXPERIMENTS = [
     Experiment("vowels", "shg", "insilico", "SHG, 2 layers", "~40%"),
     Experiment("vowels", "shg", "twin", "SHG, 2 layers", "-"),
     Experiment("vowels", "shg", "pat", "SHG, 2 layers, twin refined", "-", refine=True),
-    Experiment("mnist", "plate", "pat", "plate", "87%"),
+    Experiment("mnist", "plate", "pat", "plate, 2 units", "87%"),
     Experiment("mnist", "plate", "bypass", "plate removed", "-"),
-    Experiment("mnist", "oscillator", "pat", "oscillator", "93%"),
+    Experiment("mnist", "oscillator", "pat", "oscillator, 3 units", "93%"),
     Experiment("mnist", "oscillator", "bypass", "oscillator removed", "-"),
     Experiment("mnist", "shg", "pat", "SHG + digital (hybrid)", "97%"),
 ]
