@@ -194,6 +194,15 @@ class _TrainFlow:
 
 
 @dataclass(slots=True)
+class _Chunk:
+    """A chunk of a batched step: its no-gradient forward and the layer it is at."""
+
+    flow: Generator[Request, torch.Tensor, torch.Tensor]
+    index: int
+    layer: int = 0
+
+
+@dataclass(slots=True)
 class _InFlight:
     rid: str
     layer: PhysicalLayer
@@ -224,12 +233,14 @@ class Pipeline:
 
     def __init__(self, net: PhysicalNetwork,
                  loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 chunk: int, eval_chunk: int | None = None, fill: bool = True) -> None:
+                 chunk: int, eval_chunk: int | None = None, fill: bool = True,
+                 batched: bool = False) -> None:
         self.net = net
         self.loss_sum = loss_sum
         self.chunk = chunk
         self.eval_chunk = eval_chunk or chunk
         self.fill = fill
+        self.batched = batched
         self.inflight: deque[_InFlight] = deque()  # in the order sent: answered FIFO
         self.fillers: deque[_EvalFlow] = deque()  # evaluation chunks with a request ready
         self.instrument_s = 0.0
@@ -328,6 +339,8 @@ class Pipeline:
 
     def step(self, x: torch.Tensor, labels: torch.Tensor) -> Step:
         """``pipelined_step`` (module docstring), with evaluation fillers (class docstring)."""
+        if self.batched:
+            return self._step_batched(x, labels)
         batch = x.shape[0]
         pending = 0
         # requests of this step still to send: once the last one is sent, a filler queues
@@ -368,6 +381,77 @@ class Pipeline:
         self._keep_fed()
         parts.sort(key=lambda p: p[0].start)
         return Step(total, torch.cat([s for _, s in parts]), self.instrument_s - began)
+
+    def _step_batched(self, x: torch.Tensor, labels: torch.Tensor) -> Step:
+        """The same step with the model's work batched over the whole minibatch: chunks run
+        the wavefront *without* gradients (only to compute each request); once every chunk's
+        request for a layer is sent, the model is evaluated (with its graph) once at all of
+        them; after the last reply the minibatch's forward is rebuilt with the measured ``y``
+        and back-propagated once. Half the model evaluations and backward passes of
+        ``step``; the same gradient."""
+        batch = x.shape[0]
+        layers = self.net.physical_layers()
+        starts = list(range(0, batch, self.chunk))
+        sent: list[list[Request | None]] = [[None] * len(starts) for _ in layers]
+        measured: list[list[torch.Tensor | None]] = [[None] * len(starts) for _ in layers]
+        points: list[ModelPoint | None] = [None] * len(layers)
+        to_send = len(starts) * len(layers)
+        began = self.instrument_s
+
+        def submit(chunk: _Chunk, request: Request) -> None:
+            nonlocal to_send
+            layer, rows, theta = request
+            xn, tn, rid = _send(layer, rows, theta)
+            self.inflight.append(_InFlight(rid, layer, xn, tn, chunk))
+            sent[chunk.layer][chunk.index] = request
+            to_send -= 1
+            if to_send == 0 and self.fill:
+                self._send_filler()
+            if all(r is not None for r in sent[chunk.layer]):  # the model at all of them
+                requests = [r for r in sent[chunk.layer] if r is not None]
+                theta = requests[0][2]
+                if theta.ndim == 2:
+                    theta = torch.cat([r[2] for r in requests])
+                points[chunk.layer] = ModelPoint.of(layer, torch.cat([r[1] for r in requests]),
+                                                    theta)
+
+        chunks = []
+        for index, start in enumerate(starts):
+            chunk = _Chunk(_eval_forward(self.net, x[start:start + self.chunk]), index)
+            chunks.append(chunk)
+            with torch.no_grad():
+                request = next(chunk.flow)
+            submit(chunk, request)
+        remaining = len(starts)
+        while remaining:
+            entry, y = self._collect()
+            owner = entry.owner
+            if not isinstance(owner, _Chunk):
+                continue
+            measured[owner.layer][owner.index] = y
+            try:
+                with torch.no_grad():
+                    request = owner.flow.send(y)
+            except StopIteration:
+                remaining -= 1
+                continue
+            owner.layer += 1
+            submit(owner, request)
+        self._keep_fed()
+        # the minibatch's forward with the measured outputs, then one backward pass
+        h, k = x, 0
+        for block in self.net.blocks:
+            if isinstance(block, PhysicalLayer):
+                rows, theta = block._rows(h)
+                y_all = torch.cat([m for m in measured[k] if m is not None])
+                h = MeasuredPAT.apply(rows, theta, points[k], y_all).reshape(
+                    batch, block.units * block.output_dim)
+                k += 1
+            else:
+                h = block(h)
+        loss = self.loss_sum(h, labels) / batch
+        loss.backward()
+        return Step(loss.item(), h.detach(), self.instrument_s - began)
 
     # -- training one step stale ----------------------------------------------------------
 

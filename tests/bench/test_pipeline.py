@@ -142,3 +142,30 @@ def test_stale_epoch_is_delayed_sgd(chunk: int) -> None:
     for (name, p), q in zip(ref.named_parameters(), net.parameters(), strict=True):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=name)
     assert not pipe.inflight
+
+
+@pytest.mark.parametrize("chunk", [1, 11, 21])
+def test_batched_step_gradient_equals_plain(chunk: int) -> None:
+    """``Pipeline(batched=True)``: one model evaluation per layer and one backward pass per
+    minibatch, the plain loop's loss, scores and gradients."""
+    torch.set_num_threads(1)
+    description = PhysicalSystem.from_config("shg", load_config().systems["shg"]).describe()
+    data = load_task("vowels", None, None)
+    arch = default_arch("vowels", "shg")
+    hw = Hardware(Deterministic(description), "shg")
+    net = build_network(arch, data.n_features, data.n_classes,
+                        [(description, nominal_model(description), hw)] * arch.depth, seed=3)
+    with torch.no_grad():
+        net.initialise(torch.from_numpy(data.x_train[:64]))
+    other = copy.deepcopy(net)
+    x, labels = torch.from_numpy(data.x_train[:21]), torch.from_numpy(data.y_train[:21])
+    scores = net(x)
+    loss = nn.CrossEntropyLoss()(scores, labels)
+    loss.backward()
+    step = Pipeline(other, nn.CrossEntropyLoss(reduction="sum"), chunk, batched=True).step(
+        x, labels)
+    assert step.loss == pytest.approx(loss.item(), rel=1e-5)
+    torch.testing.assert_close(step.scores, scores.detach(), rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(net.named_parameters(), other.parameters(), strict=True):
+        assert q.grad is not None, name
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
