@@ -78,16 +78,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-chunk", type=int, default=None,
                    help="rows per evaluation request in the pipelined approach (default: "
                         "the training chunk)")
-    p.add_argument("--batched", action="store_true",
-                   help="pipelined approach: one model evaluation per layer and one backward "
-                        "pass per minibatch (Pipeline(batched=True): a third less trainer CPU, "
-                        "the same gradient)")
+    p.add_argument("--unbatched", action="store_true",
+                   help="pipelined approach: the model evaluated and back-propagated per chunk "
+                        "(Pipeline(batched=False)) instead of once per layer and minibatch")
     p.add_argument("--quick", action="store_true", help="one epoch each (a smoke test)")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     figures = measure_duty(1 if args.quick else args.epochs, args.chunks, args.shot_s,
-                           eval_chunk=args.eval_chunk, batched=args.batched)
+                           eval_chunk=args.eval_chunk, batched=not args.unbatched)
     for name in APPROACHES:
         f = figures[name]
         steps = (f"   steps alone {100 * f['steps_duty_cycle']:5.1f}%"
@@ -293,7 +292,7 @@ APPROACHES = ("reference", "labd_sync", "labd_pipelined", "labd_pipelined_steps"
 
 def measure_duty(epochs: int = 5, chunks: int = 2, shot_s: float = 0.001,
                  seed: int = 0, eval_chunk: int | None = None, stale_chunks: int = 1,
-                 batched: bool = False) -> dict[str, Any]:
+                 batched: bool = True) -> dict[str, Any]:
     """Duty cycles of the approaches (module docstring)."""
     torch.set_num_threads(1)
     data = load_task("vowels", None, None)

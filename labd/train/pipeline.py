@@ -227,14 +227,16 @@ class Pipeline:
     at the moment ``evaluate`` was called, whenever its shots happen; training steps are
     untouched (their requests only wait behind a filler in the daemon's FIFO queue).
     ``drain()`` sends every outstanding evaluation request back to back (a wavefront, like
-    training chunks) and waits for them all. ``instrument_s`` adds up every reply's
-    ``elapsed_s`` (training and evaluation).
+    training chunks) and waits for them all. ``batched`` (default): the model's work of a
+    step is done once per layer for the whole minibatch (``_step_batched``) instead of once
+    per chunk; the same gradient for a third less trainer CPU. ``instrument_s`` adds up
+    every reply's ``elapsed_s`` (training and evaluation).
     """
 
     def __init__(self, net: PhysicalNetwork,
                  loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                  chunk: int, eval_chunk: int | None = None, fill: bool = True,
-                 batched: bool = False) -> None:
+                 batched: bool = True) -> None:
         self.net = net
         self.loss_sum = loss_sum
         self.chunk = chunk
@@ -540,4 +542,4 @@ def pipelined_step(net: PhysicalNetwork, x: torch.Tensor, labels: torch.Tensor,
     ``CrossEntropyLoss(reduction="sum")``); the gradient left in the parameters is that of the
     mean over the minibatch.
     """
-    return Pipeline(net, loss_sum, chunk, fill=False).step(x, labels)
+    return Pipeline(net, loss_sum, chunk, fill=False, batched=False).step(x, labels)

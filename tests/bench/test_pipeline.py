@@ -70,7 +70,8 @@ def test_pipelined_gradient_equals_plain(chunk: int) -> None:
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_evaluation_fillers_leave_training_exact() -> None:
+@pytest.mark.parametrize("batched", [False, True])
+def test_evaluation_fillers_leave_training_exact(batched: bool) -> None:
     """Evaluations measured as fillers between steps: scores of the network as it was when
     ``evaluate`` was called; the steps' gradients are those of the plain loop."""
     torch.set_num_threads(1)
@@ -86,7 +87,8 @@ def test_evaluation_fillers_leave_training_exact() -> None:
     x_test = torch.from_numpy(data.x_test)
     with torch.no_grad():
         expected = plain(x_test)
-    pipe = Pipeline(net, nn.CrossEntropyLoss(reduction="sum"), 11, eval_chunk=7)
+    pipe = Pipeline(net, nn.CrossEntropyLoss(reduction="sum"), 11, eval_chunk=7,
+                    batched=batched)
     evaluation = pipe.evaluate(x_test)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     opt_plain = torch.optim.SGD(plain.parameters(), lr=0.1)
