@@ -60,7 +60,7 @@ EXPERIMENTS = [
     Experiment("mnist", "plate", "bypass", "plate removed", "-"),
     Experiment("mnist", "oscillator", "pat", "oscillator, 3 units", "93%"),
     Experiment("mnist", "oscillator", "bypass", "oscillator removed", "-"),
-    Experiment("mnist", "shg", "pat", "SHG + digital (hybrid)", "97%"),
+    Experiment("mnist", "shg", "pat", "SHG x16 + digital (hybrid)", "97%"),
 ]
 
 #: quick mode: MNIST subset sizes (train, test), an epoch cap and smaller twins.
