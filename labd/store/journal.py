@@ -15,6 +15,12 @@ File layout: a 16-byte header (``b"LABDJNL1"``, u64 *epoch*), then records::
     meta (UTF-8 JSON object), x, theta, y                         (raw float32)
     b"LJE1", u64 epoch, u64 record length                         (commit mark)
 
+A measurement whose theta equals one recently journaled for the same system carries no theta
+(0 bytes) and instead names, in its metadata, the measurement that carried it
+(``"theta_seq": seq``): earlier in the journal or already ingested, never pruned before this
+record is ingested (``labd.store.writer``: the fence), so ingestion and replay find it by
+``seq``. A record without ``theta_seq`` carries its theta (possibly 0 bytes long).
+
 A record cut short by a crash during the write lacks its commit mark and is ignored (its reply
 never left, since the reply is sent after the append returns). When everything in the file is
 ingested the writer *rewinds* it: a new epoch in the header, and the next records overwrite the

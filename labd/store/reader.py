@@ -17,7 +17,10 @@ Contract:
   theta broadcast to one row per row of x; a batch never mixes dimensions (a system whose
   dimensions changed between runs yields separate batches). ``load_arrays(...)`` concatenates
   everything into memory (for data sets known to fit).
-* ``count(...)`` gives (measurements, rows, array bytes), ``dimensions(...)`` the distinct
+* A theta is stored once however many measurements share it (``thetas``); records that share
+  one may share its (read-only) array.
+* ``count(...)`` gives (measurements, rows, array bytes as sent: a shared theta counts in
+  every measurement), ``dimensions(...)`` the distinct
   (input_dim, param_dim, output_dim); ``info()`` summarises the file per
   system and per run; ``runs()`` lists the run records.
 """
@@ -39,6 +42,7 @@ from labd.store import schema
 from labd.store.writer import recover_path
 
 FETCH = 16  # rows fetched from SQLite at a time
+THETAS = 8  # distinct thetas ``records`` keeps decoded (measurements share them)
 
 
 @dataclass(slots=True, frozen=True)
@@ -69,6 +73,10 @@ Time = float | datetime | None
 
 def _seconds(t: float | datetime) -> float:
     return t.timestamp() if isinstance(t, datetime) else float(t)
+
+
+#: A measurement's theta bytes (stored once in ``thetas``, counted in every measurement).
+_THETA_BYTES = "(SELECT length(theta) FROM thetas WHERE thetas.id = theta_id)"
 
 
 def _array(blob: bytes, shape: str) -> np.ndarray:
@@ -125,12 +133,21 @@ class StoreReader:
         where, args = self._where(system, since, until, run, client)
         cur = self._conn.execute(
             "SELECT id, run, system, seq, rows, client, request_id, received, done, elapsed_s, "
-            f"x_shape, theta_shape, y_shape, x, theta, y FROM measurements{where} ORDER BY id",
-            args)
+            f"x_shape, theta_shape, y_shape, theta_id, x, y FROM measurements{where} "
+            "ORDER BY id", args)
+        thetas: dict[int, bytes] = {}  # theta id -> blob, the last THETAS used
         try:
             while batch := cur.fetchmany(FETCH):
                 for r in batch:
-                    yield Record(*r[:10], x=_array(r[13], r[10]), theta=_array(r[14], r[11]),
+                    tid = r[13]
+                    theta = thetas.pop(tid, None)
+                    if theta is None:
+                        theta = self._conn.execute("SELECT theta FROM thetas WHERE id = ?",
+                                                   (tid,)).fetchone()[0]
+                        if len(thetas) >= THETAS:
+                            del thetas[next(iter(thetas))]
+                    thetas[tid] = theta
+                    yield Record(*r[:10], x=_array(r[14], r[10]), theta=_array(theta, r[11]),
                                  y=_array(r[15], r[12]))
         finally:
             cur.close()
@@ -170,7 +187,7 @@ class StoreReader:
         where, args = self._where(system, since, until, run, client)
         n, rows, size = self._conn.execute(
             "SELECT count(*), coalesce(sum(rows), 0), "
-            f"coalesce(sum(length(x) + length(theta) + length(y)), 0) FROM measurements{where}",
+            f"coalesce(sum(length(x) + {_THETA_BYTES} + length(y)), 0) FROM measurements{where}",
             args).fetchone()
         return int(n), int(rows), int(size)
 
@@ -199,9 +216,9 @@ class StoreReader:
         c = self._conn
         systems = {}
         for system, n, rows, size, first, last in c.execute(
-                "SELECT system, count(*), sum(rows), sum(length(x) + length(theta) + length(y)),"
-                " min(received), max(received) FROM measurements GROUP BY system "
-                "ORDER BY system"):
+                "SELECT system, count(*), sum(rows), "
+                f"sum(length(x) + {_THETA_BYTES} + length(y)), min(received), max(received) "
+                "FROM measurements GROUP BY system ORDER BY system"):
             systems[system] = {"measurements": n, "rows": rows, "bytes": size,
                                "first": first, "last": last}
         runs = [{"id": rid, "started": started, "host": host, "measurements": n}

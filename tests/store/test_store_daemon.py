@@ -46,11 +46,17 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+#: Shared thetas (as a training minibatch repeats one): the store journals a reference to an
+#: earlier measurement's theta instead of the bytes.
+POOL = np.random.default_rng(7).uniform(-1, 1, (3, 8)).astype(np.float32)
+
+
 def request(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     rows = int(rng.integers(1, 5))
     x = rng.uniform(-1, 1, (rows, 8)).astype(np.float32)
-    shape = (rows, 8) if rng.random() < 0.5 else (8,)
-    return x, rng.uniform(-1, 1, shape).astype(np.float32)
+    if rng.random() < 0.5:
+        return x, POOL[int(rng.integers(len(POOL)))].copy()
+    return x, rng.uniform(-1, 1, (rows, 8)).astype(np.float32)
 
 
 def test_every_forward_recorded_exactly(tmp_path: Path, config: Path) -> None:

@@ -182,3 +182,122 @@ def test_prune_by_size(tmp_path: Path) -> None:
         assert reader.info()["database_bytes"] <= 2 * 2**20 + 512 * 1024
     assert path.stat().st_size < before
     assert Store(path).next_seq() == 40 * 64  # the high-water mark survives pruning
+
+
+def thetas_stored(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT count(*) FROM thetas").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_repeated_theta_is_stored_once(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite"
+    store = open_store(path)
+    a, b = (RNG.standard_normal(64).astype(np.float32) for _ in range(2))
+    sent = []
+    for k, value in enumerate([a, a, b, a, b, b, a]):
+        m = measurement(2 * k, dims=(3, 64, 4))  # equal values in a new array each time
+        m = Measurement(**{**{f: getattr(m, f) for f in m.__slots__}, "theta": value.copy()})
+        store.record(m)
+        sent.append((m, value.copy()))
+    # the same bytes on another system, with another shape, and per-row thetas
+    other = measurement(100, rows=2, system="other", dims=(3, 64, 4))
+    other = Measurement(**{**{f: getattr(other, f) for f in other.__slots__},
+                           "theta": a.reshape(1, 64)})
+    store.record(other)
+    store.record(measurement(200, rows=3, system="rows", theta_rows=True))
+    journal = store._journal.end
+    store.close()
+    # a, b and the per-row theta; the journal held theta bytes four times (a, b, other, rows)
+    assert thetas_stored(path) == 3
+    assert journal < 8 * 400 + 4 * 64 * 4 + 9 * (12 + 32) * 4
+    with StoreReader(path) as reader:
+        recs = list(reader.records())
+        for r, (m, value) in zip(recs, sent, strict=False):
+            assert r.seq == m.seq
+            np.testing.assert_array_equal(r.theta, value)
+            np.testing.assert_array_equal(r.x, m.x)
+        assert recs[7].theta.shape == (1, 64)
+        np.testing.assert_array_equal(recs[7].theta, a.reshape(1, 64))
+        theta = np.concatenate([b[1] for b in reader.iter_batches(system="sys")])
+        np.testing.assert_array_equal(theta, np.repeat([v for _, v in sent], 2, axis=0))
+        assert reader.count(system="sys") == (7, 14, 7 * (2 * 3 + 64 + 2 * 4) * 4)  # as sent
+        assert reader.count() == (9, 19, 8 * (2 * 3 + 64 + 2 * 4) * 4 + 3 * (3 + 2 + 4) * 4)
+        assert reader.info()["systems"]["sys"]["bytes"] == 7 * (2 * 3 + 64 + 2 * 4) * 4
+
+
+
+def test_upgrade_from_version_2_reads_back_identically(tmp_path: Path) -> None:
+    path = tmp_path / "v2.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for step in (0, 1):  # the published steps wrote version 2 files
+        schema.STEPS[step](conn)
+    conn.execute("UPDATE schema_version SET version = 2")
+    conn.execute("INSERT INTO runs VALUES (1, 0.0, 'h', 1, '{}', '{}', '{}')")
+    thetas = [RNG.standard_normal(4).astype(np.float32) for _ in range(2)]
+    sent = []
+    for k, t in enumerate([thetas[0], thetas[0], thetas[1], thetas[0].reshape(1, 4)]):
+        x = RNG.standard_normal((2, 3)).astype(np.float32)
+        y = RNG.standard_normal((2, 5)).astype(np.float32)
+        conn.execute("INSERT INTO measurements VALUES (?, 1, 'sys', ?, 2, 'c', ?, ?, ?, 0.1, "
+                     "?, ?, '[2, 5]', ?, ?, ?)",
+                     (k + 1, 2 * k, f"r{k}", float(k), k + 0.5, "[2, 3]",
+                      str(list(t.shape)), x.tobytes(), t.tobytes(), y.tobytes()))
+        sent.append((x, t, y))
+    conn.execute("UPDATE counters SET value = 8 WHERE name = 'next_seq'")
+    conn.close()
+    store = Store(path)
+    assert store.next_seq() == 8
+    store.close()
+    with StoreReader(path) as reader:
+        recs = list(reader.records())
+        assert [(r.id, r.seq, r.request_id, r.received) for r in recs] == [
+            (k + 1, 2 * k, f"r{k}", float(k)) for k in range(4)]
+        for r, (x, t, y) in zip(recs, sent, strict=True):
+            np.testing.assert_array_equal(r.x, x)
+            assert r.theta.shape == t.shape
+            np.testing.assert_array_equal(r.theta, t)
+            np.testing.assert_array_equal(r.y, y)
+        assert reader.count() == (4, 8, sum(a.nbytes + b.nbytes + c.nbytes for a, b, c in sent))
+    assert thetas_stored(path) == 2
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert schema.version(conn) == 3
+    conn.close()
+
+
+def test_pruning_keeps_shared_thetas_and_drops_orphans(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite"
+    store = open_store(path)
+    old = time.time() - 3 * 86400
+    shared, gone = (RNG.standard_normal(2).astype(np.float32) for _ in range(2))
+
+    def with_theta(seq: int, theta: np.ndarray, received: float | None = None) -> Measurement:
+        m = measurement(seq, received=received)
+        return Measurement(**{**{f: getattr(m, f) for f in m.__slots__}, "theta": theta.copy()})
+
+    store.record(with_theta(0, gone, old))
+    store.record(with_theta(2, shared, old))
+    store.record(with_theta(4, shared))  # a reference to seq 2's theta, pruned below
+    store.close()
+    assert thetas_stored(path) == 2
+    # pruning at start and then every 0.05 s while records referring to each other arrive
+    store = open_store(path, max_age_days=1.0, prune_interval_s=0.05)
+    for seq in range(6, 60, 2):
+        store.record(with_theta(seq, shared, old if seq % 4 == 0 else None))
+        time.sleep(0.01)
+    store.close()
+    with StoreReader(path) as reader:
+        recs = list(reader.records())
+    assert 4 in [r.seq for r in recs] and 0 not in [r.seq for r in recs]
+    assert {s for s in range(6, 60, 2) if s % 4} <= {r.seq for r in recs}  # the recent ones
+    for r in recs:
+        np.testing.assert_array_equal(r.theta, shared)
+    assert thetas_stored(path) == 1
+    store = open_store(path, max_age_days=1e-9)  # everything is older than that
+    store.close()
+    with StoreReader(path) as reader:
+        assert reader.count() == (0, 0, 0)
+    assert thetas_stored(path) == 0
