@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import threading
+import time
+from collections.abc import Callable
 
 import zmq
 
@@ -32,7 +36,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback --bind without CURVE keys (anyone who can reach "
                         "the port can drive the instruments)")
+    p.add_argument("--exit-with-parent", action="store_true",
+                   help="stop cleanly when the process that started this daemon exits (how "
+                        "`labd train` and the tests start their local daemons, so that a killed "
+                        "trainer leaves no daemon behind)")
     p.set_defaults(func=run)
+
+
+def stop_with_parent(stop: Callable[[], None], poll_s: float = 0.5) -> threading.Thread:
+    """Call ``stop`` once this process's parent has exited (it is re-parented)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        log.warning("the process that started this daemon (pid %d) has exited; stopping",
+                    parent)
+        stop()
+
+    thread = threading.Thread(target=watch, name="labd-parent-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: daemon.stop())
+    if args.exit_with_parent:
+        stop_with_parent(daemon.stop)
     # A worker computing in Python holds the GIL for up to the switch interval (5 ms by
     # default) before the server thread may answer; 1 ms keeps hello/status and other systems
     # responsive while a simulated system computes.

@@ -3,7 +3,9 @@
 ``LocalDaemon`` is a context manager: on entry it starts the daemon (embedded default config
 unless ``config`` names a file; no store unless ``store`` names a file), waits until it answers
 ``hello`` (with ``curve`` keys when the daemon requires them), and exposes ``endpoint``; on exit
-it sends SIGTERM and waits for a clean exit (SIGKILL after ``stop_timeout_s``).
+it sends SIGTERM and waits for a clean exit (SIGKILL after ``stop_timeout_s``). The daemon
+runs with ``--exit-with-parent``: if this process dies without stopping it (``kill -9`` of a
+trainer), the daemon stops by itself within a second.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class LocalDaemon:
         self.events_endpoint = f"tcp://127.0.0.1:{free_port()}"
         self._args = [sys.executable, "-m", "labd", "--log-level", log_level, "serve",
                       "--bind", self.endpoint, "--events", self.events_endpoint,
-                      "--store", str(store) if store else ""]
+                      "--store", str(store) if store else "", "--exit-with-parent"]
         if config is not None:
             self._args += ["--config", str(config)]
         self._args += extra_args or []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -143,3 +144,33 @@ def test_requests_in_flight_survive_a_daemon_restart(test_config_path):
             np.testing.assert_allclose(client.forward("fast", x[:2], np.zeros(4, F4)), 0.0)
         finally:
             assert second.stop() == 0
+
+
+def test_local_daemon_stops_when_its_starter_is_killed(test_config_path):
+    """A trainer killed with SIGKILL leaves no daemon behind (``--exit-with-parent``)."""
+    starter = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from labd.daemon.process import LocalDaemon\n"
+         f"d = LocalDaemon(config={str(test_config_path)!r}).start()\n"
+         "print(d.proc.pid, d.endpoint, flush=True)\n"
+         "time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        pid, endpoint = starter.stdout.readline().split()
+        with LabClient(endpoint) as client:
+            assert client.hello()["server"] == "labd"
+        starter.kill()
+        starter.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(int(pid), signal.SIGKILL)
+            pytest.fail("the daemon outlived the process that started it by 20 s")
+    finally:
+        starter.kill()
