@@ -58,7 +58,7 @@ import copy
 from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -208,8 +208,11 @@ class _InFlight:
     layer: PhysicalLayer
     xn: np.ndarray
     tn: np.ndarray
-    owner: _TrainFlow | _EvalFlow
+    owner: _TrainFlow | _EvalFlow | _Chunk
     point: ModelPoint | None = None
+
+
+Owner = TypeVar("Owner", _TrainFlow, _Chunk)
 
 
 class Pipeline:
@@ -318,6 +321,14 @@ class Pipeline:
             entry.layer.recorder(entry.xn, entry.tn, y.numpy())
         return entry, y
 
+    def _reply_for(self, kind: type[Owner]) -> tuple[_InFlight, Owner, torch.Tensor]:
+        """Collect replies (``_collect`` handles evaluation ones) until one for a flow of type
+        ``kind`` arrives: its entry, its flow and the measured ``y``."""
+        while True:
+            entry, y = self._collect()
+            if isinstance(entry.owner, kind):
+                return entry, entry.owner, y
+
     def drain(self) -> None:
         """Send every outstanding evaluation request (wavefront) and wait for all replies."""
         while self.fillers:
@@ -360,10 +371,7 @@ class Pipeline:
         total = 0.0
         began = self.instrument_s
         while pending:
-            entry, y = self._collect()
-            owner = entry.owner
-            if not isinstance(owner, _TrainFlow):
-                continue
+            entry, owner, y = self._reply_for(_TrainFlow)
             assert entry.point is not None
             try:
                 request = owner.flow.send((entry.point, y))
@@ -426,10 +434,7 @@ class Pipeline:
             submit(chunk, request)
         remaining = len(starts)
         while remaining:
-            entry, y = self._collect()
-            owner = entry.owner
-            if not isinstance(owner, _Chunk):
-                continue
+            _, owner, y = self._reply_for(_Chunk)
             measured[owner.layer][owner.index] = y
             try:
                 with torch.no_grad():
@@ -499,10 +504,7 @@ class Pipeline:
             start(k)
         following = 2
         while pending:
-            entry, y = self._collect()
-            owner = entry.owner
-            if not isinstance(owner, _TrainFlow):
-                continue
+            entry, owner, y = self._reply_for(_TrainFlow)
             assert entry.point is not None
             try:
                 request = owner.flow.send((entry.point, y))
