@@ -252,13 +252,18 @@ class Pipeline:
 
     # -- evaluation -----------------------------------------------------------------------
 
-    def _frozen(self) -> PhysicalNetwork:
+    def _copy(self, recorder: bool) -> PhysicalNetwork:
+        """A deep copy of the network whose physical layers share the hardware and the digital
+        model, and the recorder if ``recorder`` (else they have none)."""
         memo: dict[int, Any] = {}
         for layer in self.net.physical_layers():
             memo[id(layer.hardware)] = layer.hardware
             memo[id(layer.model)] = layer.model
-            memo[id(layer.recorder)] = None  # evaluation shots are not training data
-        frozen = copy.deepcopy(self.net, memo)
+            memo[id(layer.recorder)] = layer.recorder if recorder else None
+        return copy.deepcopy(self.net, memo)
+
+    def _frozen(self) -> PhysicalNetwork:
+        frozen = self._copy(recorder=False)  # evaluation shots are not training data
         frozen.set_path("hardware")
         frozen.eval()
         for p in frozen.parameters():
@@ -471,11 +476,7 @@ class Pipeline:
                 for mine, live in zip(replica.parameters(), self.net.parameters(), strict=True):
                     mine.copy_(live)
             return replica
-        memo: dict[int, Any] = {}
-        for layer in self.net.physical_layers():
-            for shared in (layer.hardware, layer.model, layer.recorder):
-                memo[id(shared)] = shared
-        replica = copy.deepcopy(self.net, memo)
+        replica = self._copy(recorder=True)
         for p in replica.parameters():
             p.grad = None
         return replica
