@@ -16,8 +16,9 @@ from labd.client import ForwardResult
 from labd.config import load_config
 from labd.daemon.system import PhysicalSystem
 from labd.train.arch import build_network, default_arch
-from labd.train.datasets import load_task
+from labd.train.datasets import Dataset, load_task
 from labd.train.hardware import Hardware
+from labd.train.layers import PhysicalNetwork
 from labd.train.pipeline import Pipeline, pipelined_step
 
 
@@ -45,8 +46,8 @@ class Deterministic:
         return ForwardResult(y=self.pending[rid], seq=0, elapsed_s=0.001)
 
 
-@pytest.mark.parametrize("chunk", [1, 4, 21])
-def test_pipelined_gradient_equals_plain(chunk: int) -> None:
+def vowel_network() -> tuple[PhysicalNetwork, Dataset]:
+    """The SHG vowel design on the deterministic stand-in, initialised, and its data."""
     torch.set_num_threads(1)
     description = PhysicalSystem.from_config("shg", load_config().systems["shg"]).describe()
     data = load_task("vowels", None, None)
@@ -56,6 +57,12 @@ def test_pipelined_gradient_equals_plain(chunk: int) -> None:
                         [(description, nominal_model(description), hw)] * arch.depth, seed=3)
     with torch.no_grad():
         net.initialise(torch.from_numpy(data.x_train[:64]))
+    return net, data
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 21])
+def test_pipelined_gradient_equals_plain(chunk: int) -> None:
+    net, data = vowel_network()
     other = copy.deepcopy(net)
     x, labels = torch.from_numpy(data.x_train[:21]), torch.from_numpy(data.y_train[:21])
 
@@ -64,7 +71,7 @@ def test_pipelined_gradient_equals_plain(chunk: int) -> None:
     step = pipelined_step(other, x, labels, nn.CrossEntropyLoss(reduction="sum"), chunk)
 
     assert step.loss == pytest.approx(loss.item(), rel=1e-5)
-    assert step.instrument_s == pytest.approx(0.001 * arch.depth * -(-21 // chunk))
+    assert step.instrument_s == pytest.approx(0.001 * len(net.physical_layers()) * -(-21 // chunk))
     for (name, p), q in zip(net.named_parameters(), other.parameters(), strict=True):
         assert q.grad is not None, name
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
@@ -74,15 +81,7 @@ def test_pipelined_gradient_equals_plain(chunk: int) -> None:
 def test_evaluation_fillers_leave_training_exact(batched: bool) -> None:
     """Evaluations measured as fillers between steps: scores of the network as it was when
     ``evaluate`` was called; the steps' gradients are those of the plain loop."""
-    torch.set_num_threads(1)
-    description = PhysicalSystem.from_config("shg", load_config().systems["shg"]).describe()
-    data = load_task("vowels", None, None)
-    arch = default_arch("vowels", "shg")
-    hw = Hardware(Deterministic(description), "shg")
-    net = build_network(arch, data.n_features, data.n_classes,
-                        [(description, nominal_model(description), hw)] * arch.depth, seed=3)
-    with torch.no_grad():
-        net.initialise(torch.from_numpy(data.x_train[:64]))
+    net, data = vowel_network()
     plain = copy.deepcopy(net)
     x_test = torch.from_numpy(data.x_test)
     with torch.no_grad():
@@ -112,15 +111,7 @@ def test_evaluation_fillers_leave_training_exact(batched: bool) -> None:
 def test_stale_epoch_is_delayed_sgd(chunk: int) -> None:
     """``train_epoch``: minibatch k's gradient is taken at the parameters before step k-1
     (minibatch 0 at the initial ones) and applied at step k: SGD with a one-step delay."""
-    torch.set_num_threads(1)
-    description = PhysicalSystem.from_config("shg", load_config().systems["shg"]).describe()
-    data = load_task("vowels", None, None)
-    arch = default_arch("vowels", "shg")
-    hw = Hardware(Deterministic(description), "shg")
-    net = build_network(arch, data.n_features, data.n_classes,
-                        [(description, nominal_model(description), hw)] * arch.depth, seed=3)
-    with torch.no_grad():
-        net.initialise(torch.from_numpy(data.x_train[:64]))
+    net, data = vowel_network()
     ref = copy.deepcopy(net)
     batches = [(torch.from_numpy(data.x_train[i:i + 21]), torch.from_numpy(data.y_train[i:i + 21]))
                for i in range(0, 105, 21)]
@@ -150,15 +141,7 @@ def test_stale_epoch_is_delayed_sgd(chunk: int) -> None:
 def test_batched_step_gradient_equals_plain(chunk: int) -> None:
     """``Pipeline(batched=True)``: one model evaluation per layer and one backward pass per
     minibatch, the plain loop's loss, scores and gradients."""
-    torch.set_num_threads(1)
-    description = PhysicalSystem.from_config("shg", load_config().systems["shg"]).describe()
-    data = load_task("vowels", None, None)
-    arch = default_arch("vowels", "shg")
-    hw = Hardware(Deterministic(description), "shg")
-    net = build_network(arch, data.n_features, data.n_classes,
-                        [(description, nominal_model(description), hw)] * arch.depth, seed=3)
-    with torch.no_grad():
-        net.initialise(torch.from_numpy(data.x_train[:64]))
+    net, data = vowel_network()
     other = copy.deepcopy(net)
     x, labels = torch.from_numpy(data.x_train[:21]), torch.from_numpy(data.y_train[:21])
     scores = net(x)
