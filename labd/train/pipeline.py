@@ -158,6 +158,20 @@ def _eval_forward(net: PhysicalNetwork, x: torch.Tensor
     return x
 
 
+def _even(n: int, most: int) -> list[slice]:
+    """``n`` rows cut into the fewest chunks of at most ``most`` rows, of sizes differing by at
+    most one (49 rows, 11 at most: 10, 10, 10, 10, 9; not 11, 11, 11, 11, 5: a short chunk
+    is a short filler, which leaves the instrument idle in the gap it was meant to fill)."""
+    count = -(-n // most)
+    base, extra = divmod(n, count)
+    out, start = [], 0
+    for i in range(count):
+        stop = start + base + (1 if i < extra else 0)
+        out.append(slice(start, stop))
+        start = stop
+    return out
+
+
 class Evaluation:
     """Scores of one evaluation pass (``Pipeline.evaluate``): ``done`` once every chunk is
     measured, then ``scores`` [N, classes]."""
@@ -273,9 +287,8 @@ class Pipeline:
     def evaluate(self, x: torch.Tensor) -> Evaluation:
         frozen = self._frozen()
         evaluation = Evaluation(x.shape[0])
-        for start in range(0, x.shape[0], self.eval_chunk):
-            flow = _EvalFlow(_eval_forward(frozen, x[start:start + self.eval_chunk]),
-                             evaluation, start)
+        for rows in _even(x.shape[0], self.eval_chunk):
+            flow = _EvalFlow(_eval_forward(frozen, x[rows]), evaluation, rows.start)
             with torch.inference_mode():
                 flow.request = next(flow.flow)
             evaluation.remaining += 1
