@@ -1,4 +1,10 @@
-"""The store's journal: where a measurement becomes crash-safe in one system call.
+"""The journal of schema version 3 stores, kept to replay what a crashed older labd left in it.
+
+Since schema version 4 the store journals into a ring (``labd.store.ring``); ``Store`` replays a
+version 3 journal it finds after upgrading the file, then deletes it (``labd.store.writer``).
+This module's format is frozen; below, its original description.
+
+The store's journal: where a measurement becomes crash-safe in one system call.
 
 The serving path must not wait for an SQLite commit (a transaction of three blobs, index pages
 and a WAL append costs milliseconds at 256 KiB arrays). Instead ``Store.record`` appends the

@@ -17,8 +17,13 @@ Contract:
   theta broadcast to one row per row of x; a batch never mixes dimensions (a system whose
   dimensions changed between runs yields separate batches). ``load_arrays(...)`` concatenates
   everything into memory (for data sets known to fit).
-* A theta is stored once however many measurements share it (``thetas``); records that share
-  one may share its (read-only) array.
+* Arrays are read from the store's segment files (``labd.store.segments``) through read-only
+  memory maps, without a copy: a ``Record``'s arrays are read-only views of the mapping (they
+  keep it alive after ``close()``); ``iter_batches`` and ``load_arrays`` concatenate them into
+  new arrays. A theta is stored once however many measurements share it (``thetas``);
+  records that share one share its array.
+* A measurement pruned by a live daemon between the query and the read of its arrays raises
+  ``FileNotFoundError`` (its segment file is gone).
 * ``count(...)`` gives (measurements, rows, array bytes as sent: a shared theta counts in
   every measurement), ``dimensions(...)`` the distinct
   (input_dim, param_dim, output_dim); ``info()`` summarises the file per
@@ -39,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from labd.store import schema
+from labd.store.segments import SegmentReader, blobs_dir
 from labd.store.writer import recover_path
 
 FETCH = 16  # rows fetched from SQLite at a time
@@ -76,11 +82,7 @@ def _seconds(t: float | datetime) -> float:
 
 
 #: A measurement's theta bytes (stored once in ``thetas``, counted in every measurement).
-_THETA_BYTES = "(SELECT length(theta) FROM thetas WHERE thetas.id = theta_id)"
-
-
-def _array(blob: bytes, shape: str) -> np.ndarray:
-    return np.frombuffer(blob, dtype="<f4").reshape(json.loads(shape))
+_THETA_BYTES = "(SELECT bytes FROM thetas WHERE thetas.id = theta_id)"
 
 
 class StoreReader:
@@ -98,9 +100,11 @@ class StoreReader:
             raise schema.SchemaError(
                 f"{self.path} has schema version {found}; this reader reads "
                 f"{schema.SCHEMA_VERSION} (open it once with a daemon or Store to upgrade)")
+        self._segments = SegmentReader(blobs_dir(self.path))
 
     def close(self) -> None:
         self._conn.close()
+        self._segments.close()
 
     def __enter__(self) -> StoreReader:
         return self
@@ -133,22 +137,26 @@ class StoreReader:
         where, args = self._where(system, since, until, run, client)
         cur = self._conn.execute(
             "SELECT id, run, system, seq, rows, client, request_id, received, done, elapsed_s, "
-            f"x_shape, theta_shape, y_shape, theta_id, x, y FROM measurements{where} "
-            "ORDER BY id", args)
-        thetas: dict[int, bytes] = {}  # theta id -> blob, the last THETAS used
+            "x_shape, theta_shape, y_shape, theta_id, segment, x_offset, x_bytes, y_offset, "
+            f"y_bytes FROM measurements{where} ORDER BY id", args)
+        array = self._segments.array
+        thetas: dict[tuple[int, str], np.ndarray] = {}  # the last THETAS used
         try:
             while batch := cur.fetchmany(FETCH):
                 for r in batch:
-                    tid = r[13]
-                    theta = thetas.pop(tid, None)
+                    key = (r[13], r[11])
+                    theta = thetas.pop(key, None)
                     if theta is None:
-                        theta = self._conn.execute("SELECT theta FROM thetas WHERE id = ?",
-                                                   (tid,)).fetchone()[0]
+                        segment, offset, nbytes = self._conn.execute(
+                            "SELECT segment, offset, bytes FROM thetas WHERE id = ?",
+                            (r[13],)).fetchone()
+                        theta = array(segment, offset, nbytes, json.loads(r[11]))
                         if len(thetas) >= THETAS:
                             del thetas[next(iter(thetas))]
-                    thetas[tid] = theta
-                    yield Record(*r[:10], x=_array(r[14], r[10]), theta=_array(theta, r[11]),
-                                 y=_array(r[15], r[12]))
+                    thetas[key] = theta
+                    segment = r[14]
+                    yield Record(*r[:10], x=array(segment, r[15], r[16], json.loads(r[10])),
+                                 theta=theta, y=array(segment, r[17], r[18], json.loads(r[12])))
         finally:
             cur.close()
 
@@ -187,7 +195,7 @@ class StoreReader:
         where, args = self._where(system, since, until, run, client)
         n, rows, size = self._conn.execute(
             "SELECT count(*), coalesce(sum(rows), 0), "
-            f"coalesce(sum(length(x) + {_THETA_BYTES} + length(y)), 0) FROM measurements{where}",
+            f"coalesce(sum(x_bytes + {_THETA_BYTES} + y_bytes), 0) FROM measurements{where}",
             args).fetchone()
         return int(n), int(rows), int(size)
 
@@ -211,13 +219,14 @@ class StoreReader:
         return out
 
     def info(self) -> dict[str, Any]:
-        """Per system: measurements, rows, bytes, first and last time; runs; file size;
-        systems served without recording; the next sequence number."""
+        """Per system: measurements, rows, bytes, first and last time; runs; the size of the
+        database file, of the segments (``blob_bytes``) and both (``store_bytes``); systems
+        served without recording; the next sequence number."""
         c = self._conn
         systems = {}
         for system, n, rows, size, first, last in c.execute(
                 "SELECT system, count(*), sum(rows), "
-                f"sum(length(x) + {_THETA_BYTES} + length(y)), min(received), max(received) "
+                f"sum(x_bytes + {_THETA_BYTES} + y_bytes), min(received), max(received) "
                 "FROM measurements GROUP BY system ORDER BY system"):
             systems[system] = {"measurements": n, "rows": rows, "bytes": size,
                                "first": first, "last": last}
@@ -229,8 +238,11 @@ class StoreReader:
             "SELECT system, requests, rows FROM unrecorded ORDER BY system")}
         page = c.execute("PRAGMA page_size").fetchone()[0]
         next_seq = c.execute("SELECT value FROM counters WHERE name = 'next_seq'").fetchone()[0]
+        database = page * c.execute("PRAGMA page_count").fetchone()[0]
+        blobs = c.execute("SELECT coalesce(sum(bytes), 0) FROM segments").fetchone()[0]
         return {"path": str(self.path), "schema_version": schema.SCHEMA_VERSION,
-                "database_bytes": page * c.execute("PRAGMA page_count").fetchone()[0],
+                "database_bytes": database, "blob_bytes": blobs,
+                "store_bytes": database + blobs,
                 "next_seq": next_seq, "systems": systems, "runs": runs,
                 "unrecorded": unrecorded}
 

@@ -9,26 +9,29 @@ Contract:
 * ``STEPS[v]`` upgrades version ``v`` to ``v + 1``. A new layout adds a step; published steps
   never change (old files in the field were written by them).
 
-Layout (version 3)::
+Layout (version 4)::
 
     schema_version(version)                     one row
     runs(id, started, host, pid, versions, config, devices)
                                                 one per daemon start; JSON texts
-    thetas(id, digest, theta)                   each distinct theta once: raw little-endian
-                                                float32 blob, digest = theta_digest(theta)
+    segments(id, bytes)                         the segment files (``labd.store.segments``)
+                                                and their committed sizes
+    thetas(id, digest, segment, offset, bytes)  each distinct theta once: raw little-endian
+                                                float32 bytes at ``offset`` of segment
+                                                ``segment``, digest = theta_digest(theta)
                                                 (unique)
     measurements(id, run, system, seq, rows, client, request_id, received, done, elapsed_s,
-                 x_shape, theta_shape, y_shape, theta_id, x, y)
-                                                one per forward request; x, y raw little-endian
-                                                float32 blobs, shapes JSON lists, theta_id the
-                                                thetas row of its theta (theta [P] is one theta
-                                                for every row; the shape is the measurement's)
-    counters(name, value)                       'next_seq': sequence high-water mark
+                 x_shape, theta_shape, y_shape, theta_id, segment, x_offset, x_bytes,
+                 y_offset, y_bytes)
+                                                one per forward request; x and y raw
+                                                little-endian float32 in segment ``segment``,
+                                                shapes JSON lists, theta_id the thetas row of
+                                                its theta (theta [P] is one theta for every
+                                                row; the shape is the measurement's)
+    counters(name, value)                       'next_seq': sequence high-water mark;
+                                                'ring_position': what is ingested from the
+                                                journal ring (``labd.store.ring``)
     unrecorded(system, requests, rows)          forwards of systems with record = false
-
-The blobs are the last columns on purpose: SQLite keeps a row's leading columns in the b-tree
-page and spills the rest to overflow pages, so metadata queries (and ``length()`` of a blob,
-read from the record header) never touch the arrays.
 
 Version 1 had no ``counters`` (the high-water mark was max(seq + rows), lost when pruning
 deleted the newest rows) and no ``unrecorded`` table. Version 2 stored every measurement's
@@ -37,7 +40,15 @@ nearly every request of a training minibatch or an evaluation pass repeats the p
 a third of the bytes of a request with equal-sized arrays, copied four times (journal, SQLite
 bind, WAL, checkpoint). The step to version 3 moves the distinct thetas into ``thetas`` and
 rebuilds ``measurements`` (its rows copied once, in one transaction: the file grows by the
-table's size until the freed pages are reused).
+table's size until the freed pages are reused). Version 3 kept ``x``, ``y`` and
+``thetas.theta`` as blobs (the last columns, so metadata queries did not read them), copied
+three times by SQLite after the journal; its counters ``journal_epoch`` and
+``journal_offset`` located the ingested part of the old journal (``labd.store.journal``). The
+step to version 4 writes every blob into segment files next to the database (fsynced before
+the transaction commits; segment files left by an interrupted attempt are overwritten) and
+rebuilds ``thetas`` and ``measurements`` with references instead; the file keeps its size
+until SQLite reuses the freed pages (``labd.store.writer`` vacuums incrementally when it
+prunes).
 """
 
 from __future__ import annotations
@@ -45,8 +56,11 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 
-SCHEMA_VERSION = 3
+from labd.store import segments as seg
+
+SCHEMA_VERSION = 4
 
 
 def theta_digest(theta: bytes | memoryview) -> bytes:
@@ -167,8 +181,85 @@ def _v2_to_v3(conn: sqlite3.Connection) -> None:
     """)
 
 
+def database_path(conn: sqlite3.Connection) -> Path:
+    """The file of ``conn``'s main database."""
+    for _, name, file in conn.execute("PRAGMA database_list"):
+        if name == "main":
+            return Path(file)
+    raise SchemaError("no main database")
+
+
+def _v3_to_v4(conn: sqlite3.Connection) -> None:
+    directory = seg.blobs_dir(database_path(conn))
+    for path in seg.segment_files(directory).values():  # an interrupted attempt's
+        path.unlink()
+    writer = seg.SegmentWriter(directory, 1, 0, fsync=True)
+    _script(conn, """
+        CREATE TABLE segments (id INTEGER PRIMARY KEY, bytes INTEGER NOT NULL);
+        CREATE TABLE thetas_v4 (
+            id INTEGER PRIMARY KEY,
+            digest BLOB NOT NULL,
+            segment INTEGER NOT NULL,
+            offset INTEGER NOT NULL,
+            bytes INTEGER NOT NULL
+        );
+        CREATE TABLE measurements_v4 (
+            id INTEGER PRIMARY KEY,
+            run INTEGER NOT NULL REFERENCES runs(id),
+            system TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            rows INTEGER NOT NULL,
+            client TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            received REAL NOT NULL,
+            done REAL NOT NULL,
+            elapsed_s REAL NOT NULL,
+            x_shape TEXT NOT NULL,
+            theta_shape TEXT NOT NULL,
+            y_shape TEXT NOT NULL,
+            theta_id INTEGER NOT NULL,
+            segment INTEGER NOT NULL,
+            x_offset INTEGER NOT NULL,
+            x_bytes INTEGER NOT NULL,
+            y_offset INTEGER NOT NULL,
+            y_bytes INTEGER NOT NULL
+        )
+    """)
+    try:
+        insert = "INSERT INTO thetas_v4 VALUES (?, ?, ?, ?, ?)"
+        for tid, digest, theta in conn.execute("SELECT id, digest, theta FROM thetas "
+                                               "ORDER BY id"):
+            segment, offset = writer.append([theta])
+            conn.execute(insert, (tid, digest, segment, offset, len(theta)))
+        insert = "INSERT INTO measurements_v4 VALUES (" + ", ".join("?" * 19) + ")"
+        for row in conn.execute(
+                "SELECT id, run, system, seq, rows, client, request_id, received, done, "
+                "elapsed_s, x_shape, theta_shape, y_shape, theta_id, x, y FROM measurements "
+                "ORDER BY id"):
+            x, y = row[14], row[15]
+            segment, offset = writer.append([x, y])
+            conn.execute(insert, (*row[:14], segment, offset, len(x), offset + len(x), len(y)))
+        conn.executemany("INSERT INTO segments VALUES (?, ?)", writer.sizes() or [(1, 0)])
+    finally:
+        writer.close()  # fsynced (file and directory) before the transaction commits
+    _script(conn, """
+        DROP TABLE measurements;
+        DROP TABLE thetas;
+        ALTER TABLE thetas_v4 RENAME TO thetas;
+        ALTER TABLE measurements_v4 RENAME TO measurements;
+        CREATE UNIQUE INDEX thetas_digest ON thetas(digest);
+        CREATE INDEX thetas_segment ON thetas(segment);
+        CREATE UNIQUE INDEX measurements_seq ON measurements(seq);
+        CREATE INDEX measurements_system_received ON measurements(system, received);
+        CREATE INDEX measurements_received ON measurements(received);
+        CREATE INDEX measurements_run ON measurements(run);
+        CREATE INDEX measurements_theta ON measurements(theta_id);
+        CREATE INDEX measurements_segment ON measurements(segment)
+    """)
+
+
 STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _v0_to_v1, 1: _v1_to_v2,
-                                                          2: _v2_to_v3}
+                                                          2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def version(conn: sqlite3.Connection) -> int:

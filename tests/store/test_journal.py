@@ -1,36 +1,42 @@
-"""The store's journal: measurements acknowledged by ``record`` survive a ``kill -9`` of the
-writing process even before SQLite has them, replay is exactly once (also across rewinds of the
-journal over stale records), and a torn last record is ignored."""
+"""The store's journal ring: measurements acknowledged by ``record`` survive a ``kill -9`` of the
+writing process even before SQLite has them, replay is exactly once (also across laps of the
+ring over stale records), a torn last record is ignored, and a version 3 store's journal left by
+a crashed older labd is replayed into the upgraded store."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from labd.store.journal import HEAD, HEAD_MAGIC, journal_path
+from labd.store import schema
+from labd.store.journal import Journal, journal_path
 from labd.store.reader import StoreReader
+from labd.store.ring import DATA, HEAD, HEAD_MAGIC, TRAILER, ring_path
+from labd.store.segments import blobs_dir, segment_files
 from labd.store.writer import Store
 
 #: Records ``n`` measurements (seq 2k, 2 rows each, x filled with k, theta with k // 3: most
-#: journal records refer to an earlier one's theta), printing each seq once ``record``
-#: returned, then dies by SIGKILL. ``reset`` small forces rewinds of the journal.
+#: ring records refer to an earlier one's theta), printing each seq once ``record`` returned,
+#: then dies by SIGKILL. ``ring`` bytes small forces laps of the ring (and waits for
+#: ingestion); the writer thread stalls after ingesting the first ``stall`` records.
 CRASHER = """
 import os, signal, sys, time
 import numpy as np
 from labd.daemon.recording import Measurement
-from labd.store import writer
-path, n, reset, stall = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-writer.JOURNAL_RESET_BYTES = reset
+from labd.store import ring, writer
+path, n, size, stall = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+ring.RING_BYTES = size
 store = writer.Store(path)
 store.start_run({}, {})
 for k in range(n):
-    if k == stall:  # from now on only the journal holds the measurements
-        while store._ingested != store._journal.end:
+    if k == stall:  # from now on only the ring holds the measurements
+        while store._ingested != store._ring.end:
             time.sleep(0.01)
-        writer._ingest = lambda *args: time.sleep(3600)
+        writer._Ingestor.ingest = lambda *args: time.sleep(3600)
     x = np.full((2, 3), k, np.float32)
     store.record(Measurement(system="s", seq=2 * k, client="c", request_id=f"r{k}", x=x,
                              theta=np.full(2, k // 3, np.float32), y=x[:, :1] * 2, received=1.0,
@@ -40,10 +46,9 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def crash(path: Path, n: int, reset: int = 64 * 2**20, stall: int = -1) -> list[int]:
-    """Run CRASHER (its writer thread stalls after ingesting the first ``stall`` records);
-    the seqs it saw acknowledged."""
-    out = subprocess.run([sys.executable, "-c", CRASHER, str(path), str(n), str(reset),
+def crash(path: Path, n: int, ring: int = 64 * 2**20, stall: int = -1) -> list[int]:
+    """Run CRASHER; the seqs it saw acknowledged."""
+    out = subprocess.run([sys.executable, "-c", CRASHER, str(path), str(n), str(ring),
                           str(stall)], capture_output=True, text=True, timeout=60)
     assert out.returncode == -9, out.stderr
     return [int(v) for v in out.stdout.split()]
@@ -55,6 +60,7 @@ def stored(path: Path) -> list[int]:
     for r in recs:
         np.testing.assert_array_equal(r.x, np.full((2, 3), r.seq // 2, np.float32))
         np.testing.assert_array_equal(r.theta, np.full(2, r.seq // 6, np.float32))
+        np.testing.assert_array_equal(r.y, np.full((2, 1), r.seq, np.float32))
     return [r.seq for r in recs]
 
 
@@ -62,17 +68,19 @@ def test_acknowledged_survive_kill_9_before_ingestion(tmp_path: Path) -> None:
     path = tmp_path / "m.sqlite"
     acked = crash(path, 20, stall=0)
     assert len(acked) == 20
-    assert stored(path) == acked  # the reader replayed the dead writer's journal
+    assert stored(path) == acked  # the reader replayed the dead writer's ring
     assert stored(path) == acked  # and only once
     store = Store(path)
     assert store.next_seq() == 40
     store.close()
+    assert stored(path) == acked
 
 
-def test_replay_exactly_once_across_rewinds(tmp_path: Path) -> None:
+def test_replay_exactly_once_across_laps(tmp_path: Path) -> None:
     path = tmp_path / "m.sqlite"
-    acked = crash(path, 60, reset=1)  # rewinds whenever ingestion catches up
-    acked += crash(path, 0)  # a second writer start: replays, then dies at once
+    acked = crash(path, 60, ring=2048)  # ~5 records a lap: laps, skip marks, stale records
+    acked += crash(path, 0, ring=2048)  # a second writer start: replays, then dies at once
+    acked += crash(path, 0)
     seqs = stored(path)
     assert seqs == sorted(set(seqs)) and set(acked) <= set(seqs)
 
@@ -80,20 +88,82 @@ def test_replay_exactly_once_across_rewinds(tmp_path: Path) -> None:
 def test_torn_record_is_ignored(tmp_path: Path) -> None:
     path = tmp_path / "m.sqlite"
     acked = crash(path, 5, stall=0)
-    journal = journal_path(path)
-    with journal.open("rb") as fh:
-        data = fh.read()
-    last = data.rfind(HEAD_MAGIC)
-    cut = last + HEAD.size + 10  # the last record's head and a few bytes of it: a torn write
-    journal.write_bytes(data[:cut])
+    ring = ring_path(path)
+    data = bytearray(ring.read_bytes())
+    last = data.rfind(HEAD_MAGIC, DATA)
+    _, _, n_meta, nx, nt, ny = HEAD.unpack_from(data, last)
+    mark = last + HEAD.size + n_meta + nx + nt + ny
+    data[mark:mark + TRAILER.size] = bytes(TRAILER.size)  # the commit mark never made it
+    ring.write_bytes(bytes(data))
     assert stored(path) == acked[:-1]
 
 
 def test_replay_resolves_references_to_ingested_thetas(tmp_path: Path) -> None:
-    """Records journaled after the stall refer to thetas of measurements SQLite already has
+    """Records written after the stall refer to thetas of measurements SQLite already has
     (k = 7, 8 to the one of k = 6); replay resolves them from the database."""
     path = tmp_path / "m.sqlite"
     acked = crash(path, 12, stall=7)
     assert len(acked) == 12
     assert stored(path) == acked
     assert stored(path) == acked
+
+
+def test_version_3_journal_of_a_crashed_writer_is_replayed(tmp_path: Path) -> None:
+    """A version 3 store with measurements in SQLite (blobs) and more in its journal, which the
+    crashed writer had not ingested (one refers to the theta of a row in SQLite): opening it
+    upgrades the file, moves the blobs into segments and ingests the journal, once."""
+    path = tmp_path / "v3.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for step in (0, 1, 2):  # the published steps wrote version 3 files
+        schema.STEPS[step](conn)
+    conn.execute("UPDATE schema_version SET version = 3")
+    conn.execute("INSERT INTO runs VALUES (1, 0.0, 'h', 1, '{}', '{}', '{}')")
+    theta = np.full(2, 1.0, np.float32)
+    conn.execute("INSERT INTO thetas VALUES (1, ?, ?)",
+                 (schema.theta_digest(theta.tobytes()), theta.tobytes()))
+    x0 = np.full((2, 3), 0, np.float32)
+    conn.execute("INSERT INTO measurements VALUES (1, 1, 's', 0, 2, 'c', 'r0', 1.0, 2.0, 0.1, "
+                 "'[2, 3]', '[2]', '[2, 1]', 1, ?, ?)", (x0.tobytes(), (x0[:, :1] * 2).tobytes()))
+    conn.execute("UPDATE counters SET value = 2 WHERE name = 'next_seq'")
+    journal = Journal.open(journal_path(path))
+    start = journal.reset(5)
+    conn.executemany("INSERT INTO counters VALUES (?, ?)",
+                     [("journal_epoch", 5), ("journal_offset", start)])
+    conn.close()
+    for k in (1, 2, 3):  # k = 1, 2 refer to seq 0's theta (in SQLite); k = 3 carries 3.0
+        x = np.full((2, 3), k, np.float32)
+        meta = {"kind": "measurement", "run": 1, "system": "s", "seq": 2 * k, "rows": 2,
+                "client": "c", "request_id": f"r{k}", "received": 1.0, "done": 2.0,
+                "elapsed_s": 0.1, "x_shape": [2, 3], "theta_shape": [2], "y_shape": [2, 1]}
+        t = np.full(2, k, np.float32)
+        if k < 3:
+            meta["theta_seq"] = 0
+            t = t[:0]
+        journal.append(meta, memoryview(x).cast("B"), memoryview(t).cast("B"),
+                       memoryview(x[:, :1] * 2).cast("B"))
+    journal.close()
+    store = Store(path)
+    assert store.next_seq() == 8
+    store.close()
+    assert not journal_path(path).exists()
+    with StoreReader(path) as reader:
+        recs = list(reader.records())
+        assert [r.seq for r in recs] == [0, 2, 4, 6]
+        for r in recs:
+            k = r.seq // 2
+            np.testing.assert_array_equal(r.x, np.full((2, 3), k, np.float32))
+            np.testing.assert_array_equal(r.y, np.full((2, 1), 2 * k, np.float32))
+            np.testing.assert_array_equal(r.theta, theta if k < 3 else np.full(2, 3.0, np.float32))
+    conn = sqlite3.connect(path)
+    assert schema.version(conn) == schema.SCHEMA_VERSION
+    assert conn.execute("SELECT count(*) FROM counters WHERE name LIKE 'journal%'").fetchone() \
+        == (0,)
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(measurements)")}
+    assert not {"x", "y"} & columns  # the arrays live in the segments now
+    conn.close()
+    assert sum(p.stat().st_size for p in segment_files(blobs_dir(path)).values()) == \
+        4 * (6 + 2) * 4 + 2 * 2 * 4
+    store = Store(path)  # nothing is replayed twice
+    store.close()
+    with StoreReader(path) as reader:
+        assert reader.count()[0] == 4

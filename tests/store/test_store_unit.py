@@ -14,6 +14,7 @@ import pytest
 from labd.daemon.recording import Measurement
 from labd.store import schema
 from labd.store.reader import StoreReader
+from labd.store.segments import blobs_dir, segment_files
 from labd.store.writer import Store, StoreError
 
 RNG = np.random.default_rng(0)
@@ -173,15 +174,25 @@ def test_prune_by_size(tmp_path: Path) -> None:
     for k in range(40):  # 40 measurements of ~200 KiB each: ~8 MiB
         store.record(measurement(k * 64, 64, dims=(256, 256, 256)))
     store.close()
-    before = path.stat().st_size
+    before = on_disk(path)
     store = open_store(path, max_bytes=2 * 2**20)
     store.close()
     with StoreReader(path) as reader:
         seqs = [r.seq for r in reader.records()]
         assert 0 < len(seqs) < 40 and seqs == list(range(64 * (40 - len(seqs)), 40 * 64, 64))
-        assert reader.info()["database_bytes"] <= 2 * 2**20 + 512 * 1024
-    assert path.stat().st_size < before
+        info = reader.info()
+        assert info["store_bytes"] <= 2 * 2**20 + 512 * 1024
+        assert info["blob_bytes"] >= len(seqs) * 64 * 512 * 4  # the survivors' x and y
+        for r in reader.records():  # their arrays moved out of the pruned segment intact
+            assert r.x.shape == (64, 256) and r.y.shape == (64, 256)
+    assert on_disk(path) < 2 * 2**20 + 512 * 1024 < before
     assert Store(path).next_seq() == 40 * 64  # the high-water mark survives pruning
+
+
+def on_disk(path: Path) -> int:
+    """Bytes of the database file and its segment files."""
+    return path.stat().st_size + sum(p.stat().st_size
+                                     for p in segment_files(blobs_dir(path)).values())
 
 
 def thetas_stored(path: Path) -> int:
@@ -208,11 +219,14 @@ def test_repeated_theta_is_stored_once(tmp_path: Path) -> None:
                            "theta": a.reshape(1, 64)})
     store.record(other)
     store.record(measurement(200, rows=3, system="rows", theta_rows=True))
-    journal = store._journal.end
+    ring = store._ring.end - store._ring.base
     store.close()
-    # a, b and the per-row theta; the journal held theta bytes four times (a, b, other, rows)
+    # a, b and the per-row theta; the ring held theta bytes four times (a, b, other, rows)
     assert thetas_stored(path) == 3
-    assert journal < 8 * 400 + 4 * 64 * 4 + 9 * (12 + 32) * 4
+    assert ring < 8 * 400 + 4 * 64 * 4 + 9 * (12 + 32) * 4
+    # and the segments each distinct theta once: a, b, rows
+    x_y = 7 * 2 * (3 + 4) * 4 + 2 * (3 + 4) * 4 + 3 * (3 + 4) * 4
+    assert on_disk(path) - path.stat().st_size == x_y + 2 * 64 * 4 + 3 * 2 * 4
     with StoreReader(path) as reader:
         recs = list(reader.records())
         for r, (m, value) in zip(recs, sent, strict=False):
@@ -264,7 +278,7 @@ def test_upgrade_from_version_2_reads_back_identically(tmp_path: Path) -> None:
     assert thetas_stored(path) == 2
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert schema.version(conn) == 3
+    assert schema.version(conn) == schema.SCHEMA_VERSION
     conn.close()
 
 
