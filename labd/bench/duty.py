@@ -81,12 +81,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unbatched", action="store_true",
                    help="pipelined approach: the model evaluated and back-propagated per chunk "
                         "(Pipeline(batched=False)) instead of once per layer and minibatch")
+    p.add_argument("--jacobians", action="store_true",
+                   help="pipelined approach: the model's Jacobians at each layer's rows computed "
+                        "while they are measured, so that the backward pass after the last reply "
+                        "is two small products per layer (Pipeline(jacobians=True))")
     p.add_argument("--quick", action="store_true", help="one epoch each (a smoke test)")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     figures = measure_duty(1 if args.quick else args.epochs, args.chunks, args.shot_s,
-                           eval_chunk=args.eval_chunk, batched=not args.unbatched)
+                           eval_chunk=args.eval_chunk, batched=not args.unbatched,
+                           jacobians=args.jacobians)
     for name in APPROACHES:
         f = figures[name]
         steps = (f"   steps alone {100 * f['steps_duty_cycle']:5.1f}%"
@@ -292,7 +297,7 @@ APPROACHES = ("reference", "labd_sync", "labd_pipelined", "labd_pipelined_steps"
 
 def measure_duty(epochs: int = 5, chunks: int = 2, shot_s: float = 0.001,
                  seed: int = 0, eval_chunk: int | None = None, stale_chunks: int = 1,
-                 batched: bool = True) -> dict[str, Any]:
+                 batched: bool = True, jacobians: bool = False) -> dict[str, Any]:
     """Duty cycles of the approaches (module docstring)."""
     torch.set_num_threads(1)
     data = load_task("vowels", None, None)
@@ -304,7 +309,7 @@ def measure_duty(epochs: int = 5, chunks: int = 2, shot_s: float = 0.001,
     out: dict[str, Any] = {"system": SYSTEM, "shot_s": shot_s, "epochs": epochs, "chunk": chunk,
                            "eval_chunk": eval_chunk, "batch_size": arch.batch_size,
                            "depth": arch.depth, "test_samples": len(data.y_test),
-                           "batched": batched,
+                           "batched": batched, "jacobians": jacobians,
                            "backward": "nominal model"}
     with tempfile.TemporaryDirectory(prefix="labd-bench-duty-") as tmp:
         config = Path(tmp) / "shg.toml"
@@ -355,7 +360,7 @@ def measure_duty(epochs: int = 5, chunks: int = 2, shot_s: float = 0.001,
                 for layer in net.physical_layers():
                     layer.hardware = hw
                 pipe = Pipeline(net, ce_sum, stale_chunk if stale else chunk, eval_chunk,
-                                batched=batched)
+                                batched=batched, jacobians=jacobians)
 
                 def pipelined(xb: torch.Tensor, yb: torch.Tensor, pipe: Pipeline = pipe
                               ) -> float:

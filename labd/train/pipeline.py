@@ -92,6 +92,45 @@ class ModelPoint:
             tg = theta.detach().requires_grad_(True)
             return cls(xg, tg, layer.model(xg, tg))
 
+    def vjp(self, grad_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``dL/dx`` and ``dL/dtheta`` from ``dL/dy``: the model's vector-Jacobian product."""
+        gx, gtheta = torch.autograd.grad(self.y, (self.x, self.theta), grad_y)
+        return gx, gtheta
+
+
+@dataclass(frozen=True, slots=True)
+class JacobianPoint:
+    """The digital model's Jacobians at the point sent to the hardware, per row: computed
+    while the point is measured, so that the backward pass after the reply is two small
+    products instead of a pass through the model. The same vector-Jacobian product as
+    ``ModelPoint`` (rows are independent: no model mixes samples)."""
+
+    jx: torch.Tensor  # [outputs, rows, inputs]: d y[r, o] / d x[r, i]
+    jtheta: torch.Tensor  # [outputs, rows, params]: d y[r, o] / d theta (of row r)
+    shared: bool  # theta was one vector [P] for every row (its gradient sums the rows')
+
+    @classmethod
+    def of(cls, layer: PhysicalLayer, x: torch.Tensor, theta: torch.Tensor) -> JacobianPoint:
+        rows = x.shape[0]
+        shared = theta.ndim == 1
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            # one parameter row per row, so that each row's d y / d theta stays apart
+            tg = (theta.detach().expand(rows, -1) if shared else theta.detach()).clone()
+            tg.requires_grad_(True)
+            y = layer.model(xg, tg)
+            outputs = y.shape[1]
+            basis = torch.eye(outputs, dtype=y.dtype).unsqueeze(1).expand(outputs, rows,
+                                                                          outputs)
+            jx, jtheta = torch.autograd.grad(y, (xg, tg), basis, is_grads_batched=True)
+        return cls(jx, jtheta, shared)
+
+    def vjp(self, grad_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gx = torch.einsum("ro,ori->ri", grad_y, self.jx)
+        if self.shared:
+            return gx, torch.einsum("ro,orp->p", grad_y, self.jtheta)
+        return gx, torch.einsum("ro,orp->rp", grad_y, self.jtheta)
+
 
 class MeasuredPAT(torch.autograd.Function):
     """``labd.train.layers.PATFunction`` with the hardware's ``y`` measured beforehand
@@ -101,14 +140,13 @@ class MeasuredPAT(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, theta: torch.Tensor,  # type: ignore[override]
-                point: ModelPoint, y: torch.Tensor) -> torch.Tensor:
+                point: ModelPoint | JacobianPoint, y: torch.Tensor) -> torch.Tensor:
         ctx.point = point
         return y
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        point: ModelPoint = ctx.point
-        gx, gtheta = torch.autograd.grad(point.y, (point.x, point.theta), grad_y)
+        gx, gtheta = ctx.point.vjp(grad_y)
         return (gx if ctx.needs_input_grad[0] else None), gtheta, None, None
 
 
@@ -176,10 +214,11 @@ class Evaluation:
     """Scores of one evaluation pass (``Pipeline.evaluate``): ``done`` once every chunk is
     measured, then ``scores`` [N, classes]."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, network: PhysicalNetwork | None = None) -> None:
         self.parts: dict[int, torch.Tensor] = {}
         self.n = n
         self.remaining = 0
+        self.network = network  # the frozen copy it measures, until it is done
 
     @property
     def done(self) -> bool:
@@ -197,7 +236,8 @@ class _EvalFlow:
     flow: Generator[Request, torch.Tensor, torch.Tensor]
     evaluation: Evaluation
     start: int
-    request: Request | None = None  # the next request, computed, not yet sent
+    request: Request | None = None  # the next request, computed, not yet sent (None
+    # before the first: computed when sent)
 
 
 @dataclass(slots=True)
@@ -209,11 +249,10 @@ class _TrainFlow:
 
 @dataclass(slots=True)
 class _Chunk:
-    """A chunk of a batched step: its no-gradient forward and the layer it is at."""
+    """A chunk of a batched step: its index and the layer of the request in flight."""
 
-    flow: Generator[Request, torch.Tensor, torch.Tensor]
     index: int
-    layer: int = 0
+    layer: int
 
 
 @dataclass(slots=True)
@@ -253,15 +292,17 @@ class Pipeline:
     def __init__(self, net: PhysicalNetwork,
                  loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                  chunk: int, eval_chunk: int | None = None, fill: bool = True,
-                 batched: bool = True) -> None:
+                 batched: bool = True, jacobians: bool = False) -> None:
         self.net = net
+        self.jacobians = jacobians
         self.loss_sum = loss_sum
         self.chunk = chunk
         self.eval_chunk = eval_chunk or chunk
         self.fill = fill
         self.batched = batched
         self.inflight: deque[_InFlight] = deque()  # in the order sent: answered FIFO
-        self.fillers: deque[_EvalFlow] = deque()  # evaluation chunks with a request ready
+        self.fillers: deque[_EvalFlow] = deque()  # evaluation chunks with a request to send
+        self._frozen_pool: list[PhysicalNetwork] = []  # copies of finished evaluations
         self.instrument_s = 0.0
 
     # -- evaluation -----------------------------------------------------------------------
@@ -277,6 +318,17 @@ class Pipeline:
         return copy.deepcopy(self.net, memo)
 
     def _frozen(self) -> PhysicalNetwork:
+        """A copy of the network as it is now, for an evaluation: one whose evaluation is
+        finished, its parameters and buffers overwritten (a deep copy costs ~3 ms, on the
+        critical path at the end of an epoch), else a new one."""
+        if self._frozen_pool:
+            frozen = self._frozen_pool.pop()
+            with torch.no_grad():
+                for mine, live in zip(frozen.state_dict(keep_vars=True).values(),
+                                      self.net.state_dict(keep_vars=True).values(),
+                                      strict=True):
+                    mine.copy_(live)
+            return frozen
         frozen = self._copy(recorder=False)  # evaluation shots are not training data
         frozen.set_path("hardware")
         frozen.eval()
@@ -286,20 +338,21 @@ class Pipeline:
 
     def evaluate(self, x: torch.Tensor) -> Evaluation:
         frozen = self._frozen()
-        evaluation = Evaluation(x.shape[0])
+        evaluation = Evaluation(x.shape[0], frozen)
         for rows in _even(x.shape[0], self.eval_chunk):
-            flow = _EvalFlow(_eval_forward(frozen, x[rows]), evaluation, rows.start)
-            with torch.inference_mode():
-                flow.request = next(flow.flow)
+            # the first request is computed when the filler is sent
+            self.fillers.append(_EvalFlow(_eval_forward(frozen, x[rows]), evaluation,
+                                          rows.start))
             evaluation.remaining += 1
-            self.fillers.append(flow)
         return evaluation
 
     def _send_filler(self) -> bool:
         if not self.fillers:
             return False
         flow = self.fillers.popleft()
-        assert flow.request is not None
+        if flow.request is None:
+            with torch.inference_mode():
+                flow.request = next(flow.flow)
         layer, rows, theta = flow.request
         flow.request = None
         xn, tn, rid = _send(layer, rows, theta)
@@ -311,8 +364,12 @@ class Pipeline:
             with torch.inference_mode():
                 flow.request = flow.flow.send(y)
         except StopIteration as done:
-            flow.evaluation.parts[flow.start] = done.value
-            flow.evaluation.remaining -= 1
+            evaluation = flow.evaluation
+            evaluation.parts[flow.start] = done.value
+            evaluation.remaining -= 1
+            if evaluation.done and evaluation.network is not None:
+                self._frozen_pool.append(evaluation.network)  # free for the next evaluation
+                evaluation.network = None
             return
         if eager:
             self._send_filler_of(flow)
@@ -335,8 +392,9 @@ class Pipeline:
         y = torch.from_numpy(np.array(result.y, dtype=np.float32))
         if isinstance(entry.owner, _EvalFlow):
             self._advance_eval(entry.owner, y, eager)
-        elif entry.layer.recorder is not None:
-            entry.layer.recorder(entry.xn, entry.tn, y.numpy())
+        elif entry.layer.recorder is not None and not isinstance(entry.owner, _Chunk):
+            entry.layer.recorder(entry.xn, entry.tn, y.numpy())  # (a batched step records
+            # each layer's minibatch at once, as the plain loop does)
         return entry, y
 
     def _reply_for(self, kind: type[Owner]) -> tuple[_InFlight, Owner, torch.Tensor]:
@@ -410,73 +468,117 @@ class Pipeline:
         parts.sort(key=lambda p: p[0].start)
         return Step(total, torch.cat([s for _, s in parts]), self.instrument_s - began)
 
+    def _point(self, layer: PhysicalLayer, x: torch.Tensor, theta: torch.Tensor
+               ) -> ModelPoint | JacobianPoint:
+        if self.jacobians:
+            return JacobianPoint.of(layer, x, theta)
+        return ModelPoint.of(layer, x, theta)
+
+    def _segments(self) -> tuple[list[PhysicalLayer], list[list[torch.nn.Module]]]:
+        """The physical layers and the digital blocks around them: ``segments[k]`` runs
+        before layer ``k``, ``segments[-1]`` after the last one."""
+        layers: list[PhysicalLayer] = []
+        segments: list[list[torch.nn.Module]] = [[]]
+        for block in self.net.blocks:
+            if isinstance(block, PhysicalLayer):
+                layers.append(block)
+                segments.append([])
+            else:
+                segments[-1].append(block)
+        return layers, segments
+
     def _step_batched(self, x: torch.Tensor, labels: torch.Tensor) -> Step:
         """The same step with the model's work batched over the whole minibatch: chunks run
-        the wavefront *without* gradients (only to compute each request); once every chunk's
-        request for a layer is sent, the model is evaluated (with its graph) once at all of
-        them; after the last reply the minibatch's forward is rebuilt with the measured ``y``
-        and back-propagated once. Half the model evaluations and backward passes of
-        ``step``; the same gradient."""
+        the wavefront *without* gradients (only to compute each request); the minibatch's
+        forward with its graph is built layer by layer, as soon as every chunk of the
+        previous layer is measured, and the model is evaluated (with its graph) once per
+        layer at all chunks' rows, as soon as they are all sent (while they are measured).
+        After the last reply only the last layer's output, the digital blocks after it, the
+        loss and one backward pass remain. Half the model evaluations and backward passes
+        of ``step``; the same gradient."""
         batch = x.shape[0]
-        layers = self.net.physical_layers()
-        starts = list(range(0, batch, self.chunk))
-        sent: list[list[Request | None]] = [[None] * len(starts) for _ in layers]
-        measured: list[list[torch.Tensor | None]] = [[None] * len(starts) for _ in layers]
-        points: list[ModelPoint | None] = [None] * len(layers)
-        to_send = len(starts) * len(layers)
+        layers, segments = self._segments()
+        chunks = [slice(start, min(start + self.chunk, batch))
+                  for start in range(0, batch, self.chunk)]
+        sent: list[list[tuple[torch.Tensor, torch.Tensor] | None]] = [
+            [None] * len(chunks) for _ in layers]
+        measured: list[list[torch.Tensor | None]] = [[None] * len(chunks) for _ in layers]
+        sent_arrays: list[list[tuple[np.ndarray, np.ndarray] | None]] = [
+            [None] * len(chunks) for _ in layers]  # what went to the hardware (for a recorder)
+        waiting = [len(chunks)] * len(layers)  # replies still to come, per layer
+        to_send = len(chunks) * len(layers)
         began = self.instrument_s
 
-        def submit(chunk: _Chunk, request: Request) -> None:
+        def rows_of(layer: PhysicalLayer, c: slice) -> slice:
+            return slice(c.start * layer.units, c.stop * layer.units)
+
+        def submit(k: int, index: int, rows: torch.Tensor, theta: torch.Tensor) -> None:
             nonlocal to_send
-            layer, rows, theta = request
+            layer = layers[k]
             xn, tn, rid = _send(layer, rows, theta)
-            self.inflight.append(_InFlight(rid, layer, xn, tn, chunk))
-            sent[chunk.layer][chunk.index] = request
+            self.inflight.append(_InFlight(rid, layer, xn, tn, _Chunk(index, k)))
+            sent[k][index] = (rows, theta)
             to_send -= 1
             if to_send == 0 and self.fill:
                 self._send_filler()
-            if all(r is not None for r in sent[chunk.layer]):  # the model at all of them
-                requests = [r for r in sent[chunk.layer] if r is not None]
-                theta = requests[0][2]
-                if theta.ndim == 2:
-                    theta = torch.cat([r[2] for r in requests])
-                points[chunk.layer] = ModelPoint.of(layer, torch.cat([r[1] for r in requests]),
-                                                    theta)
 
-        chunks = []
-        for index, start in enumerate(starts):
-            chunk = _Chunk(_eval_forward(self.net, x[start:start + self.chunk]), index)
-            chunks.append(chunk)
-            with torch.no_grad():
-                request = next(chunk.flow)
-            submit(chunk, request)
-        remaining = len(starts)
-        while remaining:
-            _, owner, y = self._reply_for(_Chunk)
-            measured[owner.layer][owner.index] = y
-            try:
-                with torch.no_grad():
-                    request = owner.flow.send(y)
-            except StopIteration:
-                remaining -= 1
-                continue
-            owner.layer += 1
-            submit(owner, request)
-        self._keep_fed()
-        # the minibatch's forward with the measured outputs, then one backward pass
-        h, k = x, 0
-        for block in self.net.blocks:
-            if isinstance(block, PhysicalLayer):
-                rows, theta = block._rows(h)
-                y_all = torch.cat([m for m in measured[k] if m is not None])
-                h = MeasuredPAT.apply(rows, theta, points[k], y_all).reshape(
-                    batch, block.units * block.output_dim)
-                k += 1
-            else:
+        def graph_inputs(k: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Layer ``k``'s rows and parameters for the minibatch, with their graph, from
+            the output ``h`` of the previous layer (or the input)."""
+            for block in segments[k]:
                 h = block(h)
-        loss = self.loss_sum(h, labels) / batch
+            return layers[k]._rows(h)
+
+        def point(k: int) -> ModelPoint:
+            """The model at every row sent for layer ``k`` (once all are sent)."""
+            parts = [p for p in sent[k] if p is not None]
+            theta = parts[0][1]
+            if theta.ndim == 2:
+                theta = torch.cat([p[1] for p in parts])
+            return self._point(layers[k], torch.cat([p[0] for p in parts]), theta)
+
+        inputs = [graph_inputs(0, x)]
+        rows, theta = inputs[0][0].detach(), inputs[0][1].detach()
+        for index, c in enumerate(chunks):
+            r = rows_of(layers[0], c)
+            submit(0, index, rows[r], theta[r] if theta.ndim == 2 else theta)
+        points = [self._point(layers[0], rows, theta)]
+        scores: torch.Tensor | None = None
+        while scores is None:
+            entry, owner, y = self._reply_for(_Chunk)
+            k, index = owner.layer, owner.index
+            measured[k][index] = y
+            sent_arrays[k][index] = entry.xn, entry.tn
+            waiting[k] -= 1
+            layer = layers[k]
+            if k + 1 < len(layers):  # this chunk's next request, without gradients
+                n = chunks[index].stop - chunks[index].start
+                with torch.no_grad():
+                    submit(k + 1, index, *graph_inputs(
+                        k + 1, y.reshape(n, layer.units * layer.output_dim)))
+            if waiting[k]:
+                continue
+            # layer k measured for the whole minibatch: its output with the graph
+            y_all = torch.cat([m for m in measured[k] if m is not None])
+            if layer.recorder is not None:  # the minibatch's rows at once, as the plain loop
+                arrays = [a for a in sent_arrays[k] if a is not None]
+                tn = arrays[0][1]
+                layer.recorder(np.concatenate([a[0] for a in arrays]),
+                               np.concatenate([a[1] for a in arrays]) if tn.ndim == 2 else tn,
+                               y_all.numpy())
+            out = MeasuredPAT.apply(*inputs[k], points[k], y_all).reshape(
+                batch, layer.units * layer.output_dim)
+            if k + 1 < len(layers):
+                inputs.append(graph_inputs(k + 1, out))
+                points.append(point(k + 1))
+            else:
+                for block in segments[-1]:
+                    out = block(out)
+                scores = out
+        self._keep_fed()
+        loss = self.loss_sum(scores, labels) / batch
         loss.backward()
-        return Step(loss.item(), h.detach(), self.instrument_s - began)
+        return Step(loss.item(), scores.detach(), self.instrument_s - began)
 
     # -- training one step stale ----------------------------------------------------------
 

@@ -46,12 +46,13 @@ class Deterministic:
         return ForwardResult(y=self.pending[rid], seq=0, elapsed_s=0.001)
 
 
-def vowel_network() -> tuple[PhysicalNetwork, Dataset]:
-    """The SHG vowel design on the deterministic stand-in, initialised, and its data."""
+def vowel_network(**overrides: Any) -> tuple[PhysicalNetwork, Dataset]:
+    """The SHG vowel design (``overrides`` of its ``Arch``) on the deterministic stand-in,
+    initialised, and its data."""
     torch.set_num_threads(1)
     description = PhysicalSystem.from_config("shg", load_config().systems["shg"]).describe()
     data = load_task("vowels", None, None)
-    arch = default_arch("vowels", "shg")
+    arch = default_arch("vowels", "shg", **overrides)
     hw = Hardware(Deterministic(description), "shg")
     net = build_network(arch, data.n_features, data.n_classes,
                         [(description, nominal_model(description), hw)] * arch.depth, seed=3)
@@ -137,20 +138,68 @@ def test_stale_epoch_is_delayed_sgd(chunk: int) -> None:
     assert not pipe.inflight
 
 
-@pytest.mark.parametrize("chunk", [1, 11, 21])
-def test_batched_step_gradient_equals_plain(chunk: int) -> None:
-    """``Pipeline(batched=True)``: one model evaluation per layer and one backward pass per
-    minibatch, the plain loop's loss, scores and gradients."""
-    net, data = vowel_network()
+@pytest.mark.parametrize(("chunk", "jacobians", "overrides"), [
+    (1, False, {}), (11, False, {}), (21, False, {}), (11, True, {}), (4, True, {}),
+    (11, False, {"units": 2}), (8, True, {"units": 2, "hybrid": True, "readout": "linear"})])
+def test_batched_step_gradient_equals_plain(chunk: int, jacobians: bool,
+                                            overrides: dict[str, Any]) -> None:
+    """``Pipeline(batched=True)``: one model evaluation (or Jacobian) per layer and one
+    backward pass per minibatch, the plain loop's loss, scores and gradients; also with
+    several units per layer (a parameter row per shot) and digital linear layers."""
+    net, data = vowel_network(**overrides)
     other = copy.deepcopy(net)
     x, labels = torch.from_numpy(data.x_train[:21]), torch.from_numpy(data.y_train[:21])
     scores = net(x)
     loss = nn.CrossEntropyLoss()(scores, labels)
     loss.backward()
-    step = Pipeline(other, nn.CrossEntropyLoss(reduction="sum"), chunk, batched=True).step(
-        x, labels)
+    step = Pipeline(other, nn.CrossEntropyLoss(reduction="sum"), chunk, batched=True,
+                    jacobians=jacobians).step(x, labels)
     assert step.loss == pytest.approx(loss.item(), rel=1e-5)
     torch.testing.assert_close(step.scores, scores.detach(), rtol=1e-5, atol=1e-6)
     for (name, p), q in zip(net.named_parameters(), other.parameters(), strict=True):
         assert q.grad is not None, name
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_evaluations_reuse_frozen_copies() -> None:
+    """Evaluations one after the other (the second's frozen copy is the first's, overwritten):
+    each scores the network as it was when ``evaluate`` was called."""
+    net, data = vowel_network()
+    x_test = torch.from_numpy(data.x_test)
+    pipe = Pipeline(net, nn.CrossEntropyLoss(reduction="sum"), 11, eval_chunk=11)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    expected, evaluations, copies = [], [], []
+    for i in range(0, 84, 21):
+        with torch.no_grad():
+            expected.append(net(x_test))
+        evaluations.append(pipe.evaluate(x_test))
+        copies.append(evaluations[-1].network)
+        for j in (i, i + 21):  # two steps: the evaluation's 10 fillers are measured
+            opt.zero_grad()
+            pipe.step(torch.from_numpy(data.x_train[j:j + 21]),
+                      torch.from_numpy(data.y_train[j:j + 21]))
+            opt.step()
+        pipe.drain()
+    assert copies[1] is copies[0] and copies[3] is copies[0]  # reused, not copied again
+    for evaluation, scores in zip(evaluations, expected, strict=True):
+        assert evaluation.done and evaluation.network is None
+        torch.testing.assert_close(evaluation.scores, scores, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(expected[0], expected[-1])
+
+
+def test_batched_step_records_each_layer_as_the_plain_loop() -> None:
+    """A layer's recorder (twin refinement) gets each layer's minibatch at once, in the plain
+    loop's order, whatever the chunks: the same arrays as ``PhysicalLayer.measure`` gives it."""
+    net, data = vowel_network(units=2)
+    other = copy.deepcopy(net)
+    records: dict[str, list[tuple[np.ndarray, ...]]] = {"plain": [], "piped": []}
+    for name, network in (("plain", net), ("piped", other)):
+        for layer in network.physical_layers():
+            layer.recorder = lambda x, t, y, into=records[name]: into.append((x, t, y))
+    x, labels = torch.from_numpy(data.x_train[:21]), torch.from_numpy(data.y_train[:21])
+    nn.CrossEntropyLoss()(net(x), labels).backward()
+    Pipeline(other, nn.CrossEntropyLoss(reduction="sum"), 8).step(x, labels)
+    assert len(records["plain"]) == len(records["piped"]) == 2
+    for plain, piped in zip(records["plain"], records["piped"], strict=True):
+        for a, b in zip(plain, piped, strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
