@@ -54,6 +54,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: the design's, off)")
     p.add_argument("--mnist-dir", metavar="DIR", help="directory of the 4 MNIST IDX files")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-pipeline", action="store_true",
+                   help="pat mode: the plain synchronous training loop (one request per layer "
+                        "and minibatch, the test evaluation after each epoch) instead of the "
+                        "pipelined one (the same algorithm, the instrument kept busy)")
 
 
 def train(args: argparse.Namespace) -> int:
@@ -65,7 +69,7 @@ def train(args: argparse.Namespace) -> int:
                                seed=args.seed, epochs=args.epochs, resume=args.resume,
                                mnist_dir=args.mnist_dir, twin_path=args.twin,
                                backward=args.backward, refine=args.refine_twin,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, pipeline=not args.no_pipeline)
     except DataError as exc:
         print(f"labd train: {exc}")
         return 2

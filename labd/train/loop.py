@@ -18,10 +18,27 @@ Contract of ``Trainer(network, dataset, config, run_dir, hardware)``:
 
 Physical queries: every row sent to any daemon (training forwards in ``pat`` mode and all
 evaluations), counted by ``Hardware``.
+
+Pipelined PAT (``LoopConfig.pipeline``, the default): in ``pat`` mode, when every physical
+layer's client can ``submit`` and collect ``result``s (``LabClient``), the training steps and the
+per-epoch test evaluation run through ``labd.train.pipeline.Pipeline``: each minibatch is cut
+into ``chunks`` requests per layer that flow through the layers as a wavefront while the model's
+work is done, and the test evaluation of epoch ``k`` (of a frozen copy of the network as it was
+after epoch ``k``) is measured in the gaps the steps of epoch ``k + 1`` leave (the rest back to
+back at its end; the last epoch's at once). The same algorithm as the plain loop: the same
+gradients, losses, scores and optimiser steps, the same evaluation (of the same parameters), the
+same shots, the same metrics; only the instrument idles less. (With twin refinement the
+evaluation stays synchronous: the plain loop's refiner also records the evaluation's shots, at
+the end of the epoch.) Epoch ``k``'s metrics row and its
+checkpoint are written once its evaluation is measured (the checkpoint holds the state as it was
+at the end of epoch ``k``, copied then), so a checkpoint always comes with its row and resuming
+is unchanged. ``pipeline=False`` is the plain synchronous loop (one request per layer and
+minibatch, the evaluation after each epoch), for comparison or any doubt.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import time
 from dataclasses import dataclass
@@ -36,6 +53,7 @@ from tqdm import tqdm
 from labd.train.datasets import Dataset
 from labd.train.hardware import Hardware
 from labd.train.layers import PhysicalNetwork
+from labd.train.pipeline import Evaluation, Pipeline
 from labd.train.twins import TwinRefiner
 
 METRICS = ["epoch", "train_loss", "train_acc", "test_acc", "test_acc_model",
@@ -54,6 +72,21 @@ class LoopConfig:
     #: shots per evaluation request (samples x units of the widest physical layer)
     eval_batch: int = 8192
     progress: bool = True
+    #: ``pat`` training and its per-epoch test evaluation through ``Pipeline`` (module doc);
+    #: False: the plain synchronous loop
+    pipeline: bool = True
+    #: requests each minibatch is cut into per physical layer when pipelined
+    chunks: int = 2
+
+
+@dataclass
+class _Pending:
+    """An epoch's metrics row waiting for its test evaluation (``None``: already measured)
+    and the checkpoint state copied at the end of the epoch (``None``: take it when written)."""
+
+    row: dict[str, Any]
+    evaluation: Evaluation | None
+    state: dict[str, Any] | None
 
 
 class Trainer:
@@ -101,16 +134,9 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.dir / "checkpoint.pt"
 
-    def save_checkpoint(self) -> None:
-        state = {
-            "network": self.net.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(),
-            "twins": [r.twin.state_dict() for r in self.refiners],
-            "epoch": self.epoch,
-            "queries": self.queries(),
-            "wall_s": self.wall(),
-        }
+    def save_checkpoint(self, state: dict[str, Any] | None = None) -> None:
+        """Write the checkpoint: ``state`` (a copy taken earlier, see ``run``) or now's."""
+        state = self._state() if state is None else state
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(self.checkpoint_path)
@@ -166,13 +192,50 @@ class Trainer:
     def _train_path(self) -> str:
         return "pat" if self.cfg.mode == "pat" else "model"
 
+    def pipelined(self) -> bool:
+        """Whether ``run`` trains and evaluates through ``Pipeline`` (module docstring)."""
+        layers = self.net.physical_layers()
+        return (self.cfg.pipeline and self.cfg.mode == "pat" and bool(layers)
+                and all(layer.hardware is not None and hasattr(layer.hardware.client, "submit")
+                        and hasattr(layer.hardware.client, "result") for layer in layers))
+
+    def _pipeline(self) -> Pipeline:
+        """The pipeline: ``chunks`` requests per minibatch and layer; evaluation chunks sized
+        so that one evaluation gives about one filler per training step (each chunk is one
+        filler per physical layer), at most ``eval_batch`` shots."""
+        layers = self.net.physical_layers()
+        chunk = -(-self.cfg.batch_size // max(1, self.cfg.chunks))
+        units = max(layer.units for layer in layers)
+        fillers = -(-len(self.data.y_test) * len(layers) // self._batches())
+        eval_chunk = max(1, min(self.cfg.eval_batch // units, fillers))
+        return Pipeline(self.net, nn.CrossEntropyLoss(reduction="sum"), chunk, eval_chunk)
+
+    def _eval_shots(self) -> int:
+        """Shots of one test evaluation on the hardware."""
+        return len(self.data.y_test) * sum(layer.units for layer in self.net.physical_layers())
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "network": self.net.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "twins": [r.twin.state_dict() for r in self.refiners],
+            "epoch": self.epoch,
+            "queries": self.queries(),
+            "wall_s": self.wall(),
+        }
+
     # ----------------------------------------------------------------- training
     def run(self, resume: bool = False) -> dict[str, Any]:
         if resume and self.checkpoint_path.exists():
             self.load_checkpoint()
         x = torch.from_numpy(self.data.x_train)
         y = torch.from_numpy(self.data.y_train)
+        x_test = torch.from_numpy(self.data.x_test)
         loss_fn = nn.CrossEntropyLoss()
+        pipe = self._pipeline() if self.pipelined() else None
+        #: an epoch whose evaluation is being measured (pipelined): its row and checkpoint
+        pending: _Pending | None = None
         epochs = range(self.epoch, self.cfg.epochs)
         bar = tqdm(epochs, desc=f"train {self.cfg.mode}", unit="epoch",
                    disable=not self.cfg.progress, initial=self.epoch, total=self.cfg.epochs)
@@ -184,32 +247,67 @@ class Trainer:
             total_loss, correct = 0.0, 0
             for i in range(0, len(y), self.cfg.batch_size):
                 idx = perm[i:i + self.cfg.batch_size]
-                scores = self.net(x[idx])
-                loss = loss_fn(scores, y[idx])
                 self.opt.zero_grad()
-                loss.backward()
+                if pipe is not None:
+                    step = pipe.step(x[idx], y[idx])
+                    scores, loss_value = step.scores, step.loss
+                else:
+                    scores = self.net(x[idx])
+                    loss = loss_fn(scores, y[idx])
+                    loss.backward()
+                    loss_value = loss.item()
                 self.opt.step()
                 self.sched.step()
                 for refiner in self.refiners:
                     refiner.step()
-                total_loss += loss.item() * len(idx)
+                total_loss += loss_value * len(idx)
                 correct += int((scores.argmax(1) == y[idx]).sum())
-            self.net.eval()
-            test_acc = float(np.mean(self.predict(self.data.x_test, "hardware")
-                                     == self.data.y_test))
-            model_acc = None
-            if self.cfg.mode in ("insilico", "twin"):
-                model_acc = float(np.mean(self.predict(self.data.x_test, "model")
-                                          == self.data.y_test))
+                if pending is not None and pending.evaluation.done:
+                    self._close(pending)
+                    pending = None
             self.epoch = epoch + 1
-            self.rows.append({"epoch": self.epoch, "train_loss": total_loss / len(y),
-                              "train_acc": correct / len(y), "test_acc": test_acc,
-                              "test_acc_model": model_acc, "physical_queries": self.queries(),
-                              "wall_s": round(self.wall(), 3)})
-            self._write_metrics()
-            self.save_checkpoint()
-            bar.set_postfix(loss=f"{total_loss / len(y):.3f}", test=f"{test_acc:.3f}")
+            row = {"epoch": self.epoch, "train_loss": total_loss / len(y),
+                   "train_acc": correct / len(y)}
+            if pipe is not None and not self.refiners:
+                if pending is not None:  # not measured yet in the gaps: at once now
+                    pipe.drain()
+                    self._close(pending)
+                # the shots of every evaluation so far are sent: the count the plain loop has
+                # after this evaluation
+                row["physical_queries"] = self.queries() + self._eval_shots()
+                pending = _Pending(row, pipe.evaluate(x_test), copy.deepcopy(self._state()))
+                pending.state["queries"] = row["physical_queries"]
+                if self.epoch == self.cfg.epochs:
+                    pipe.drain()
+                    self._close(pending)
+                    pending = None
+            else:
+                self.net.eval()
+                row["test_acc"] = float(np.mean(self.predict(self.data.x_test, "hardware")
+                                                == self.data.y_test))
+                self._close(_Pending(row, None, None))
+            bar.set_postfix(loss=f"{total_loss / len(y):.3f}",
+                            test=f"{self.rows[-1]['test_acc']:.3f}" if self.rows else "-")
         return self.finish()
+
+    def _close(self, pending: _Pending) -> None:
+        """An epoch whose test evaluation is measured: the digital model's accuracy (digital
+        modes), its metrics row, its checkpoint."""
+        row = pending.row
+        if pending.evaluation is not None:
+            predicted = pending.evaluation.scores.argmax(1).numpy()
+            row["test_acc"] = float(np.mean(predicted == self.data.y_test))
+        else:
+            row["physical_queries"] = self.queries()
+        model_acc = None
+        if self.cfg.mode in ("insilico", "twin"):
+            model_acc = float(np.mean(self.predict(self.data.x_test, "model")
+                                      == self.data.y_test))
+        self.rows.append({**row, "test_acc_model": model_acc, "wall_s": round(self.wall(), 3)})
+        self._write_metrics()
+        if pending.state is not None:
+            pending.state["wall_s"] = self.wall()
+        self.save_checkpoint(pending.state)
 
     def finish(self) -> dict[str, Any]:
         """Final hardware evaluation: accuracies, confusion matrix, example outputs."""

@@ -109,10 +109,11 @@ def run_training(*, task: str | None = None, data: str | Path | None = None, sys
                  mnist_dir: str | Path | None = None, subset: tuple[int, int] | None = None,
                  twin_path: str | Path | None = None, backward: str = "twin",
                  refine: bool | None = None, arch: Arch | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, pipeline: bool = True) -> dict[str, Any]:
     """Train one network and write its run folder; returns the summary (see module doc).
 
-    ``refine`` (twin refinement during PAT) and ``epochs`` default to the design's.
+    ``refine`` (twin refinement during PAT) and ``epochs`` default to the design's;
+    ``pipeline=False``: PAT with the plain synchronous loop (``labd.train.loop``).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -153,7 +154,8 @@ def run_training(*, task: str | None = None, data: str | Path | None = None, sys
                 if layer.model is refiner.twin:
                     layer.recorder = refiner.record
         cfg = LoopConfig(mode=mode, epochs=arch.epochs, batch_size=arch.batch_size,
-                         lr=arch.lr, lr_digital=arch.lr_digital, seed=seed, progress=progress)
+                         lr=arch.lr, lr_digital=arch.lr_digital, seed=seed, progress=progress,
+                         pipeline=pipeline)
         trainer = Trainer(network, dataset, cfg, out, list(hardware.values()), refiners)
         if not (resume and trainer.checkpoint_path.exists()):
             _initialise(network, dataset, mode, seed)
@@ -169,7 +171,8 @@ def run_training(*, task: str | None = None, data: str | Path | None = None, sys
         "wall_s": round(time.perf_counter() - started, 2),
         "training_wall_s": round(result["training_wall_s"], 2),
         "epochs": result["epochs"], "endpoints": eps, "backward": backward,
-        "refine_twin": mode == "pat" and refine, "arch": arch.to_dict(),
+        "refine_twin": mode == "pat" and refine, "pipelined": trainer.pipelined(),
+        "arch": arch.to_dict(),
         "physical_vs_digital": BYPASS_NOTE if mode == "bypass" else DIGITAL_NOTE.format(
             readout="class bins averaged, element-wise affine per class" if arch.readout == "groups"
             else "digital linear layer",

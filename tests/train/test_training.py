@@ -57,8 +57,8 @@ def test_checkpoint_resume_continues_the_same_run(daemon: LocalDaemon, tmp_path:
     real_save = loop.Trainer.save_checkpoint
     calls = {"n": 0}
 
-    def crash_after_two(self: loop.Trainer) -> None:
-        real_save(self)
+    def crash_after_two(self: loop.Trainer, *args: object) -> None:
+        real_save(self, *args)
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
@@ -156,3 +156,47 @@ def test_combine_merges_reproduce_parts(tmp_path: Path) -> None:
     assert len(report["results"]) == 2 and report["wall_s"] == 6.0
     assert "92.0%" in report["table"]
     assert json.loads((tmp_path / "all.json").read_text())["results"] == report["results"]
+
+
+def test_pipelined_training_equals_the_plain_loop(daemon: LocalDaemon, tmp_path: Path) -> None:
+    """``Trainer`` through ``Pipeline`` (the default) against ``pipeline=False`` on a real daemon
+    (the loopback is noiseless): the same losses, accuracies, shots and parameters; and the
+    pipelined run really was pipelined (its requests: 2 chunks per layer and minibatch, the
+    evaluations in chunks)."""
+    from labd.train.run import run_training
+
+    arch = replace(ARCH, epochs=3)
+    kw = dict(task="vowels", system="loopback", mode="pat", endpoints=[daemon.endpoint],
+              seed=3, arch=arch, backward="nominal", progress=False)
+    served = []
+    runs = {}
+    with LabClient(daemon.endpoint) as c:
+        for name, pipeline in (("plain", False), ("piped", True)):
+            before = c.status()["systems"]["loopback"]["served"]
+            runs[name] = run_training(out=tmp_path / name, pipeline=pipeline, **kw)
+            served.append(c.status()["systems"]["loopback"]["served"] - before)
+    plain, piped = runs["plain"], runs["piped"]
+    assert piped["pipelined"] and not plain["pipelined"]
+    steps = -(-210 // arch.batch_size)  # 7 minibatches of 30
+    # plain: one request per layer and minibatch, one per layer for each evaluation (3 epochs,
+    # then the final train and test evaluations) and for the initialisation; pipelined: two
+    # per layer and minibatch, the 49 test vowels in 4 chunks (about one filler per step:
+    # ceil(49 * 2 / 7) = 14 rows)
+    assert served == [3 * (2 * steps + 2) + 6, 3 * (4 * steps + 2 * 4) + 6]
+
+    def rows(name: str) -> list[dict]:
+        return list(csv.DictReader((tmp_path / name / "metrics.csv").open()))
+
+    assert len(rows("piped")) == len(rows("plain")) == 3
+    for a, b in zip(rows("plain"), rows("piped"), strict=True):
+        assert a["epoch"] == b["epoch"] and a["physical_queries"] == b["physical_queries"]
+        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=1e-5)
+        assert (a["train_acc"], a["test_acc"]) == (b["train_acc"], b["test_acc"])
+    for key in ("test_accuracy", "train_accuracy", "physical_queries"):
+        assert piped[key] == plain[key], key
+    import torch
+
+    nets = [torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["network"]
+            for name in ("plain", "piped")]
+    for key in nets[0]:
+        torch.testing.assert_close(nets[1][key], nets[0][key], rtol=1e-4, atol=1e-5, msg=key)
