@@ -19,10 +19,30 @@ again after a fault. Drivers know nothing of ZeroMQ, the daemon or training.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
+
+#: Arrays up to this many elements are reduced as Python floats: numpy's reductions cost a few
+#: microseconds each however small the array, a list of a few dozen floats far less.
+SMALL = 64
+
+
+def span(a: np.ndarray) -> tuple[float, float]:
+    """Smallest and largest element of a non-empty float array; NaN in both if any element is
+    NaN or infinite."""
+    if a.size <= SMALL:
+        values = a.ravel().tolist()
+        # min/max of a list skip NaN depending on its position; a finite sum rules NaN and
+        # inf out (a sum that is not finite, overflow included, leaves the answer to numpy)
+        if math.isfinite(sum(values)):
+            return min(values), max(values)
+    lo, hi = float(a.min()), float(a.max())  # NaN propagates into both
+    if math.isfinite(lo) and math.isfinite(hi):
+        return lo, hi
+    return math.nan, math.nan
 
 
 class InstrumentError(Exception):
@@ -111,8 +131,8 @@ class Drive(Instrument):
             raise LimitError(f"{self.name}: holds at most {self.max_shots} pattern(s), "
                              f"got {patterns.shape[0]}")
         lo, hi = self.limits
-        pmin, pmax = float(patterns.min()), float(patterns.max())  # NaN propagates into both
-        if not (np.isfinite(pmin) and np.isfinite(pmax)):
+        pmin, pmax = span(patterns)
+        if pmin != pmin:  # NaN: the patterns hold NaN or inf
             raise LimitError(f"{self.name}: patterns contain NaN or inf; nothing was sent")
         if pmin < lo or pmax > hi:
             raise LimitError(f"{self.name}: drive [{pmin:g}, {pmax:g}] exceeds the safe range "

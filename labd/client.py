@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import zmq
 import zmq.auth
+from zmq.backend import zmq_poll
 from zmq.utils.monitor import recv_monitor_message
 
 from protocols.frames import Reply, decode_reply, encode, encode_forward
@@ -102,6 +103,7 @@ class ReplyTimeout(LabError):
     code = "timeout"
 
 
+POLLIN = int(zmq.POLLIN)
 #: Connection events the client watches: a dropped link, a new one, a refused handshake.
 LINK_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
                | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
@@ -129,7 +131,7 @@ class LabClient:
         self._identity = b"labd-" + uuid.uuid4().bytes
         self._context = zmq.Context.instance()
         self._socket: zmq.Socket | None = None
-        self._pending: dict[str, tuple[list[Any], float]] = {}  # id -> (request frames, sent)
+        self._pending: dict[str, list[Any]] = {}  # id -> request frames (to send again)
         self._arrived: dict[str, tuple[Reply, dict[str, np.ndarray]]] = {}
         # Request ids: 64 random bits per client and a counter (a uuid4 per request costs
         # microseconds; under CURVE several clients share a key name, hence the random part).
@@ -148,9 +150,7 @@ class LabClient:
             sock.curve_publickey = self._curve["public_key"]
             sock.curve_secretkey = self._curve["secret_key"]
         self._monitor = sock.get_monitor_socket(LINK_EVENTS)
-        self._poller = zmq.Poller()
-        self._poller.register(sock, zmq.POLLIN)
-        self._poller.register(self._monitor, zmq.POLLIN)
+        self._poll_items = [(sock, POLLIN), (self._monitor, POLLIN)]
         self._link_lost = False
         sock.connect(self.endpoint)
         self._socket = sock
@@ -181,7 +181,7 @@ class LabClient:
                                f"(is this client's key on the daemon's allow-list?)")
         elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._link_lost:
             self._link_lost = False
-            for frames, _ in self._pending.values():
+            for frames in self._pending.values():
                 self._socket.send_multipart(frames, copy=False)
             return bool(self._pending)
         return False
@@ -212,47 +212,54 @@ class LabClient:
         if self._socket is None:
             raise RuntimeError("client is closed")
         send_frames(self._socket, frames)
-        self._pending[rid] = (frames, time.monotonic())
+        self._pending[rid] = frames
         return rid
 
     def _send_forward(self, system: str, x: np.ndarray, theta: np.ndarray,
                       request_id: str | None = None) -> str:
         """``send("forward", {"system": system}, self._arrays(x, theta))``, framed directly."""
         rid = request_id or self._new_id()
-        frames = encode_forward(rid, system, np.ascontiguousarray(x, dtype=np.float32),
-                                np.ascontiguousarray(theta, dtype=np.float32))
-        return self._send_frames(rid, [b"", *frames])
+        return self._send_frames(rid, encode_forward(rid, system, x, theta, delimiter=True))
 
     def wait(self, rid: str, timeout_s: float | None = None
              ) -> tuple[Reply, dict[str, np.ndarray]]:
         """The reply header and arrays of request ``rid``; raises ``LabError`` on error replies
         and ``ReplyTimeout`` when nothing comes within the timeout."""
-        assert self._socket is not None
-        timeout = self.timeout_s if timeout_s is None else timeout_s
-        deadline = time.monotonic() + timeout
-        while rid not in self._arrived:
-            remaining = deadline - time.monotonic()
-            ready = dict(self._poller.poll(max(1, int(remaining * 1000)))) if remaining > 0 \
-                else {}
-            if not ready:
-                raise ReplyTimeout(f"no reply to {rid} from {self.endpoint} within "
-                                   f"{timeout:g} s", retryable=True)
-            if self._monitor in ready and self._on_link_event():
-                deadline = time.monotonic() + timeout  # sent again: a fresh timeout
-            if self._socket not in ready:
-                continue
-            frames = recv_frames(self._socket)
-            body = frames[1:] if frames and len(frames[0]) == 0 else frames
-            header, arrays = decode_reply(body)
-            if header.id in self._pending:
-                self._pending.pop(header.id)
-                self._arrived[header.id] = (header, arrays)
-        header, arrays = self._arrived.pop(rid)
+        hit = self._arrived.pop(rid, None)
+        if hit is None:
+            hit = self._receive(rid, self.timeout_s if timeout_s is None else timeout_s)
+        header, arrays = hit
         if not header.ok:
             err = header.error
             cls = ERRORS.get(str(err.code), LabError)
             raise cls(err.message, err.retryable, str(err.code))
         return header, arrays
+
+    def _receive(self, rid: str, timeout: float) -> tuple[Reply, dict[str, np.ndarray]]:
+        """Receive replies until the one to ``rid`` comes (others wait in ``_arrived`` for
+        their own ``wait``), handling link events meanwhile."""
+        sock = self._socket
+        assert sock is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            # one zmq_poll on both sockets, without building the Poller's dict
+            ready = zmq_poll(self._poll_items, max(1, int((deadline - time.monotonic()) * 1000)))
+            if not ready:
+                raise ReplyTimeout(f"no reply to {rid} from {self.endpoint} within "
+                                   f"{timeout:g} s", retryable=True)
+            if len(ready) == 2 or ready[0][0] is self._monitor:
+                if self._on_link_event():
+                    deadline = time.monotonic() + timeout  # sent again: a fresh timeout
+                if len(ready) == 1:
+                    continue
+            frames = recv_frames(sock)
+            header, arrays = decode_reply(frames[1:] if not len(frames[0]) else frames)
+            got = header.id
+            if self._pending.pop(got, None) is None:
+                continue  # a late duplicate of a reply already taken
+            if got == rid:
+                return header, arrays
+            self._arrived[got] = (header, arrays)
 
     def call(self, op: str, fields: dict[str, Any] | None = None,
              arrays: tuple[tuple[str, np.ndarray], ...] = ()
@@ -261,19 +268,24 @@ class LabClient:
         return self._retrying(self.send(op, fields, arrays),
                               lambda rid: self.send(op, fields, arrays, request_id=rid))
 
-    def _retrying(self, rid: str, resend: Any) -> tuple[Reply, dict[str, np.ndarray]]:
-        """Wait for ``rid``, sending it again with ``resend(rid)`` after retryable failures."""
+    def _retrying(self, rid: str, resend: Any, failed: LabError | None = None
+                  ) -> tuple[Reply, dict[str, np.ndarray]]:
+        """Wait for ``rid``, sending it again with ``resend(rid)`` after retryable failures
+        (``failed``: how the first attempt failed, when the caller already waited once)."""
         for attempt in range(self.retries + 1):
-            try:
-                return self.wait(rid)
-            except LabError as exc:
-                if not exc.retryable or attempt == self.retries:
-                    self._pending.pop(rid, None)
-                    raise
-                time.sleep(min(0.05 * 2 ** attempt, 2.0))
-                if isinstance(exc, ReplyTimeout):
-                    self._reconnect()
-                resend(rid)
+            if failed is None:
+                try:
+                    return self.wait(rid)
+                except LabError as exc:
+                    failed = exc
+            if not failed.retryable or attempt == self.retries:
+                self._pending.pop(rid, None)
+                raise failed
+            time.sleep(min(0.05 * 2 ** attempt, 2.0))
+            if isinstance(failed, ReplyTimeout):
+                self._reconnect()
+            resend(rid)
+            failed = None
         raise AssertionError("unreachable")
 
     # -- operations ---------------------------------------------------------------------------
@@ -298,9 +310,12 @@ class LabClient:
     def measure(self, system: str, x: np.ndarray, theta: np.ndarray) -> ForwardResult:
         """One physical forward pass: ``y``, the first row's ``seq`` and the instrument time."""
         x, theta = np.ascontiguousarray(x, np.float32), np.ascontiguousarray(theta, np.float32)
-        header, arrays = self._retrying(
-            self._send_forward(system, x, theta),
-            lambda rid: self._send_forward(system, x, theta, request_id=rid))
+        rid = self._send_forward(system, x, theta)
+        try:
+            header, arrays = self.wait(rid)
+        except LabError as exc:  # the first attempt failed: retry it when it may succeed
+            header, arrays = self._retrying(rid, lambda r: self._send_forward(
+                system, x, theta, request_id=r), exc)
         return _forward_result(header, arrays)
 
     def forward(self, system: str, x: np.ndarray, theta: np.ndarray) -> np.ndarray:

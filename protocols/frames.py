@@ -14,6 +14,8 @@ Contract:
 * ``decode_reply(frames)`` is the client's side of the same checks.
 
 Nothing here pickles: arrays travel as their raw bytes and are described by the header alone.
+Received headers are parsed with ``orjson`` (strict RFC 8259 JSON: ``NaN`` or ``Infinity``
+literals are not JSON and are refused as such).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
+from itertools import islice
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
 import numpy as np
+import orjson
 import zmq
 from pydantic import ValidationError
 
@@ -143,13 +147,15 @@ def _frame(a: np.ndarray) -> Buffer:
     return memoryview(a).cast("B") if a.size else b""
 
 
-def encode_forward(request_id: str, system: str, x: np.ndarray,
-                   theta: np.ndarray) -> list[Buffer]:
+def encode_forward(request_id: str, system: str, x: np.ndarray, theta: np.ndarray,
+                   delimiter: bool = False) -> list[Buffer]:
     """The frames of a ``forward`` request: ``encode({"v", "id", "op": "forward", "system"},
-    [("x", x), ("theta", theta)])``."""
+    [("x", x), ("theta", theta)])``, after an empty delimiter frame if ``delimiter``."""
     x, theta = _as_le_contiguous(x), _as_le_contiguous(theta)
     head = (f'{{"v":{VERSION},"id":{_json_str(request_id)},"op":"forward","system":'
             f'{_json_str(system)},"arrays":[{_spec_json("x", x)},{_spec_json("theta", theta)}]}}')
+    if delimiter:
+        return [b"", head.encode(), _frame(x), _frame(theta)]
     return [head.encode(), _frame(x), _frame(theta)]
 
 
@@ -172,7 +178,7 @@ def _read_arrays(specs: Sequence[Spec], frames: Sequence[Any],
                             f"header names {len(specs)} array(s) but {len(frames) - 1} array "
                             f"frame(s) followed", request_id)
     out: dict[str, np.ndarray] = {}
-    for i, (name, dtype, shape) in enumerate(specs, 1):
+    for frame, (name, dtype, shape) in zip(islice(frames, 1, None), specs, strict=True):
         if name in out:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"array {name!r} named twice",
                                 request_id)
@@ -183,13 +189,17 @@ def _read_arrays(specs: Sequence[Spec], frames: Sequence[Any],
             except ValueError as exc:
                 raise ProtocolError(ErrorCode.BAD_ARRAY, f"array {name!r}: {exc}",
                                     request_id) from None
-        buf = _buffer(frames[i])
-        expected = math.prod(shape) * dt.itemsize
+        buf = frame.buffer if type(frame) is zmq.Frame else _buffer(frame)
+        expected = dt.itemsize
+        for n in shape:
+            expected *= n
         if buf.nbytes != expected:
             raise ProtocolError(ErrorCode.BAD_ARRAY,
                                 f"array {name!r}: shape {shape} of {dt.name} needs "
                                 f"{expected} bytes, frame has {buf.nbytes}", request_id)
-        a = np.frombuffer(buf, dtype=dt).reshape(shape)
+        a = np.frombuffer(buf, dtype=dt)
+        if len(shape) != 1:  # (a one-dimensional shape is what frombuffer made)
+            a = a.reshape(shape)
         a.flags.writeable = False
         out[name] = a
     return out
@@ -201,17 +211,14 @@ def peek_id(header: Any) -> str:
     return rid if isinstance(rid, str) and 0 < len(rid) <= 64 else ""
 
 
-_json_loads = json.JSONDecoder().decode
-
-
 def _load_header(frame: Any) -> dict[str, Any]:
     data = frame.bytes if type(frame) is zmq.Frame else bytes(_buffer(frame))
     if len(data) > MAX_HEADER_BYTES:
         raise ProtocolError(ErrorCode.TOO_LARGE,
                             f"header is {len(data)} bytes; the limit is {MAX_HEADER_BYTES}")
     try:
-        header = _json_loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        header = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"header is not UTF-8 JSON: {exc}") from None
     if type(header) is not dict:
         raise ProtocolError(ErrorCode.BAD_REQUEST,

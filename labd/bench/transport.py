@@ -8,14 +8,24 @@ send, daemon checks and measures, reply, decode) and one raw round trip (a DEALE
 same bytes as ``x`` and ``theta`` in two frames, waiting for the ``y``-sized reply), so drift of
 a noisy machine hits both alike. ``ratio`` is labd's median over the raw median.
 
+A third server in a third subprocess, the *floor*, shows what any Python daemon must pay on
+top of the raw echo: the least work a forward takes in Python with numpy (parse the JSON
+header, view the arrays, check ``x`` and ``theta`` against their ranges, ``y = x + theta``,
+check ``y`` finite, answer a JSON header and ``y``), without labd's layers (no drivers, no
+sequence numbers, no reply cache, no error handling, nothing configurable). Its client is as
+bare: a formatted header out, ``json.loads`` and ``frombuffer`` back. ``floor_ratio`` is its
+median over the raw median, measured in the same interleaved loop.
+
 Figures: per payload ``payload_bytes`` (bytes of ``x``, which is also the size of ``y``),
-``request_bytes`` (x and theta), medians, p50 and p99 of both (microseconds), and ``ratio``.
-Targets: ratio at most 1.2 at 256 KiB (16 x 4096) and at most 1.5 for small payloads.
+``request_bytes`` (x and theta), medians, p50 and p99 of each (microseconds), ``ratio`` and
+``floor_ratio``. Targets: ratio at most 1.2 at 256 KiB (16 x 4096) and at most 1.5 for small
+payloads.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -78,6 +88,34 @@ s.close(linger=0)
 ctx.term()
 """
 
+#: The floor server: the least a Python forward server does (see the module docstring). It
+#: answers [identity, header, x, theta] with [identity, header, y].
+FLOOR = """
+import json, sys, numpy as np, zmq
+from protocols.transport import recv_frames, send_frames
+ctx = zmq.Context()
+s = ctx.socket(zmq.ROUTER)
+s.bind(sys.argv[1])
+while True:
+    msg = recv_frames(s)
+    if len(msg) == 2 and msg[1].bytes == b"stop":
+        break
+    head = json.loads(msg[1].bytes)
+    shape = head["arrays"][0]["shape"]
+    x = np.frombuffer(msg[2].buffer, np.float32).reshape(shape)
+    theta = np.frombuffer(msg[3].buffer, np.float32)
+    if not (-1.0 <= x.min() and x.max() <= 1.0 and -1.0 <= theta.min() and theta.max() <= 1.0):
+        raise SystemExit("out of range")
+    y = x + theta
+    if not np.isfinite(y).all():
+        raise SystemExit("not finite")
+    reply = (f'{{"v":1,"id":"{head["id"]}","ok":true,"seq":0,"elapsed_s":0.0,"arrays":'
+             f'[{{"name":"y","dtype":"float32","shape":[{shape[0]},{shape[1]}]}}]}}')
+    send_frames(s, [msg[0], reply.encode(), y])
+s.close(linger=0)
+ctx.term()
+"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=4.0,
@@ -92,9 +130,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     rows = run(payloads, seconds)
     for r in rows:
         print(f"{r['rows']:>4} x {r['dim']:<5} {r['payload_bytes']:>9} B   labd "
-              f"{r['labd_median_us']:9.1f} us (p99 {r['labd_p99_us']:9.1f})   raw "
-              f"{r['raw_median_us']:9.1f} us (p99 {r['raw_p99_us']:9.1f})   ratio "
-              f"{r['ratio']:.2f}")
+              f"{r['labd_median_us']:8.1f} us (p99 {r['labd_p99_us']:8.1f})   raw "
+              f"{r['raw_median_us']:8.1f} us (p99 {r['raw_p99_us']:8.1f})   ratio "
+              f"{r['ratio']:.2f}   floor {r['floor_median_us']:8.1f} us, "
+              f"ratio {r['floor_ratio']:.2f}")
     return {"seconds_per_payload": seconds, "rows": rows}
 
 
@@ -107,34 +146,52 @@ def _percentiles(times_s: list[float]) -> tuple[float, float, float]:
     return float(np.median(a)), float(np.percentile(a, 50)), float(np.percentile(a, 99))
 
 
-def _measure(client: LabClient, raw: zmq.Socket, rows: int, dim: int,
+def _floor_forward(sock: zmq.Socket, n: int, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """One forward through the floor server, with a client as bare as the server."""
+    head = (f'{{"v":1,"id":"floor-{n}","op":"forward","system":"lb","arrays":[{{"name":"x",'
+            f'"dtype":"float32","shape":[{x.shape[0]},{x.shape[1]}]}},{{"name":"theta",'
+            f'"dtype":"float32","shape":[{theta.shape[0]}]}}]}}')
+    send_frames(sock, [head.encode(), x, theta])
+    reply = recv_frames(sock)
+    shape = json.loads(reply[0].bytes)["arrays"][0]["shape"]
+    return np.frombuffer(reply[1].buffer, np.float32).reshape(shape)
+
+
+def _measure(client: LabClient, raw: zmq.Socket, floor: zmq.Socket, rows: int, dim: int,
              seconds: float) -> dict[str, Any]:
     rng = np.random.default_rng(rows * 100003 + dim)
     x = rng.uniform(-0.5, 0.5, (rows, dim)).astype(np.float32)
     theta = rng.uniform(-0.5, 0.5, dim).astype(np.float32)
     system = f"lb{dim}"
-    for _ in range(10):  # warm up both paths
+    for i in range(10):  # warm up every path
         client.measure(system, x, theta)
         send_frames(raw, [b"", x, theta])
         recv_frames(raw)
-    labd_t: list[float] = []
-    raw_t: list[float] = []
+        _floor_forward(floor, i, x, theta)
+    times: dict[str, list[float]] = {"labd": [], "raw": [], "floor": []}
     deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(labd_t) < 20:
+    n = 0
+    while time.perf_counter() < deadline or n < 20:
+        n += 1
         began = time.perf_counter()
         client.measure(system, x, theta)
-        middle = time.perf_counter()
+        labd_done = time.perf_counter()
         send_frames(raw, [b"", x, theta])
         recv_frames(raw)
-        ended = time.perf_counter()
-        labd_t.append(middle - began)
-        raw_t.append(ended - middle)
-    lm, l50, l99 = _percentiles(labd_t)
-    rm, r50, r99 = _percentiles(raw_t)
-    return {"rows": rows, "dim": dim, "payload_bytes": x.nbytes,
-            "request_bytes": x.nbytes + theta.nbytes, "round_trips": len(labd_t),
-            "labd_median_us": lm, "labd_p50_us": l50, "labd_p99_us": l99,
-            "raw_median_us": rm, "raw_p50_us": r50, "raw_p99_us": r99, "ratio": lm / rm}
+        raw_done = time.perf_counter()
+        _floor_forward(floor, n, x, theta)
+        floor_done = time.perf_counter()
+        times["labd"].append(labd_done - began)
+        times["raw"].append(raw_done - labd_done)
+        times["floor"].append(floor_done - raw_done)
+    row: dict[str, Any] = {"rows": rows, "dim": dim, "payload_bytes": x.nbytes,
+                           "request_bytes": x.nbytes + theta.nbytes, "round_trips": n}
+    for name, t in times.items():
+        median, p50, p99 = _percentiles(t)
+        row.update({f"{name}_median_us": median, f"{name}_p50_us": p50, f"{name}_p99_us": p99})
+    row["ratio"] = row["labd_median_us"] / row["raw_median_us"]
+    row["floor_ratio"] = row["floor_median_us"] / row["raw_median_us"]
+    return row
 
 
 def run(payloads: tuple[tuple[int, int], ...] = PAYLOADS,
@@ -143,20 +200,26 @@ def run(payloads: tuple[tuple[int, int], ...] = PAYLOADS,
     with tempfile.TemporaryDirectory(prefix="labd-bench-transport-") as tmp:
         config = Path(tmp) / "loopback.toml"
         config.write_text(_config({d for _, d in payloads}))
-        echo_endpoint = f"tcp://127.0.0.1:{free_port()}"
-        echo = subprocess.Popen([sys.executable, "-c", ECHO, echo_endpoint])
         ctx = zmq.Context.instance()
-        raw = ctx.socket(zmq.DEALER)
-        raw.setsockopt(zmq.LINGER, 0)
-        raw.connect(echo_endpoint)
+        servers: list[subprocess.Popen] = []
+        sockets: list[tuple[zmq.Socket, list[bytes]]] = []
+        for code, stop in ((ECHO, [b"", b"stop"]), (FLOOR, [b"stop"])):
+            endpoint = f"tcp://127.0.0.1:{free_port()}"
+            servers.append(subprocess.Popen([sys.executable, "-c", code, endpoint]))
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(endpoint)
+            sockets.append((sock, stop))
+        (raw, _), (floor, _) = sockets
         try:
             with LocalDaemon(config=config) as daemon, LabClient(daemon.endpoint) as client:
-                return [_measure(client, raw, r, d, seconds) for r, d in payloads]
+                return [_measure(client, raw, floor, r, d, seconds) for r, d in payloads]
         finally:
-            raw.send_multipart([b"", b"stop"])
-            raw.close()
-            try:
-                echo.wait(5)
-            except subprocess.TimeoutExpired:
-                echo.kill()
-                echo.wait()
+            for (sock, stop), server in zip(sockets, servers, strict=True):
+                sock.send_multipart(stop)
+                sock.close()
+                try:
+                    server.wait(5)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait()

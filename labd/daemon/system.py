@@ -24,28 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from drivers.base import Detector, Drive, InstrumentError, LimitError
+from drivers.base import SMALL, Detector, Drive, InstrumentError, LimitError, span
 from drivers.registry import build_rig
 from labd.config import SystemConfig
 from protocols.frames import ProtocolError
 from protocols.v1 import ErrorCode
-
-#: Arrays up to this many elements are checked as Python floats: numpy's reductions cost a few
-#: microseconds each however small the array, a list of a few dozen floats far less.
-SMALL = 64
-
-
-def _span(a: np.ndarray) -> tuple[float, float]:
-    """Smallest and largest element of a non-empty float32 array; NaN in both if any element
-    is NaN or infinite."""
-    if a.size <= SMALL:
-        values = a.ravel().tolist()
-        # min/max of a list skip NaN depending on its position; the sum does not (and a sum of
-        # at most SMALL float32 values cannot overflow a double)
-        if not math.isfinite(sum(values)):
-            return math.nan, math.nan
-        return min(values), max(values)
-    return float(a.min()), float(a.max())  # NaN propagates into both
 
 
 def _finite(a: np.ndarray) -> bool:
@@ -125,8 +108,8 @@ class PhysicalSystem:
         for label, a, (lo, hi) in (("x", x, c.input_range), ("theta", theta, c.param_range)):
             if a.size == 0:
                 continue
-            amin, amax = _span(a)
-            if not (math.isfinite(amin) and math.isfinite(amax)):
+            amin, amax = span(a)
+            if amin != amin:  # NaN: an element is NaN or inf
                 raise ProtocolError(ErrorCode.OUT_OF_RANGE, f"{label} contains NaN or inf")
             if amin < lo or amax > hi:
                 raise ProtocolError(ErrorCode.OUT_OF_RANGE,
