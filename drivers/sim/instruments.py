@@ -2,7 +2,8 @@
 
 They behave as the real drivers do (range limits, open/close, identify) and hand the physics
 to the bench they share. A detector given ``faults = {...}`` (see ``drivers.sim.faults``) fails
-as real instruments do: hangs, garbled replies, dropped links, late shots. One class per role,
+as real instruments do: hangs, garbled replies, dropped links, late shots; a drive the same
+way, bar garbled replies. One class per role,
 so configurations read like the rig: ``SimPulseShaper`` + ``SimSpectrometer`` (SHG),
 ``SimDAC`` + ``SimADC`` (plate, oscillator, loopback).
 """
@@ -21,9 +22,18 @@ from drivers.sim.faults import FaultInjector
 
 class SimDrive(Drive):
     def __init__(self, name: str, channels: int, limits: tuple[float, float],
-                 bench: Bench) -> None:
+                 bench: Bench, faults: dict[str, Any] | None = None) -> None:
         super().__init__(name, channels, limits)
         self.bench = bench
+        self.faults = FaultInjector(**{"seed": bench.seed, **(faults or {})})
+        if self.faults.garbage:
+            raise ValueError(f"{name}: a drive returns nothing to garble; its faults are "
+                             f"timeout, disconnect and slow")
+        self._link_down = False
+
+    def open(self) -> None:
+        self._link_down = False
+        super().open()
 
     def identify(self) -> str:
         return f"labd,{type(self).__name__},{type(self.bench).__name__} seed {self.bench.seed}"
@@ -31,6 +41,18 @@ class SimDrive(Drive):
     def _output(self, patterns: np.ndarray) -> None:
         if not self.is_open:
             raise InstrumentError(self.name, "not open", "output")
+        if self._link_down:
+            raise InstrumentError(self.name, "no answer: the link is down", "output")
+        fault = self.faults.draw()
+        if fault == "disconnect":
+            self._link_down = True
+            raise InstrumentError(self.name, "connection lost (injected)", "output")
+        if fault == "timeout":
+            time.sleep(self.faults.hang_s)
+            raise InstrumentError(self.name, f"timed out after {self.faults.hang_s:g} s "
+                                  "(injected)", "output")
+        if fault == "slow":
+            time.sleep(self.faults.slow_s)
         self.bench.load(patterns)
 
 

@@ -62,6 +62,11 @@ POLLIN = int(zmq.POLLIN)
 HARD_LIMIT_FACTOR = 4
 
 
+def _bytes(frame: Any) -> bytes:
+    """A received ``zmq.Frame``'s bytes, or a buffer's."""
+    return frame.bytes if type(frame) is zmq.Frame else bytes(frame)
+
+
 class InsecureBind(Exception):
     """A non-loopback endpoint without CURVE, and the configuration did not say insecure."""
 
@@ -183,7 +188,9 @@ class Daemon:
         for name, worker in list(self.workers.items()):
             if not worker.overdue(now):
                 continue
-            job = worker.abandon()
+            job, pending = worker.abandon()
+            if pending is not None:  # the previous job's reply, measured and recorded
+                self._deliver(pending)
             if job is None:
                 continue
             timeout = worker.system.config.timeout_s
@@ -279,19 +286,22 @@ class Daemon:
                 msg = self._pipe.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            kind = msg[0].bytes
-            if kind == b"event":
+            if msg[0].bytes == b"event":
                 self._publish(msg[1].bytes.decode(), json.loads(msg[2].bytes))
-                continue
-            client, request_id = msg[1].bytes.decode(), msg[2].bytes.decode()
-            n_env = int(msg[3].bytes)
-            envelope = [f.bytes for f in msg[4:4 + n_env]]
-            frames = msg[4 + n_env:]
-            key = (client, request_id)
-            self._inflight.discard(key)
-            if kind == b"forward":
-                self._cache.put(key, frames)
-            self._send(envelope, frames)
+            else:
+                self._deliver(msg)
+
+    def _deliver(self, msg: list[Any]) -> None:
+        """Send a worker's reply (a ``pipe_message``, as frames or buffers) to its client."""
+        kind, client, request_id, n_env = (_bytes(f) for f in msg[:4])
+        n = int(n_env)
+        envelope = [_bytes(f) for f in msg[4:4 + n]]
+        frames = msg[4 + n:]
+        key = (client.decode(), request_id.decode())
+        self._inflight.discard(key)
+        if kind == b"forward":
+            self._cache.put(key, frames)
+        self._send(envelope, frames)
 
     def _publish(self, topic: str, body: dict[str, Any]) -> None:
         if self.events is not None:

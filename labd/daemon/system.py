@@ -6,10 +6,11 @@ implements, for a validated request:
 1. ``check(x, theta)``: shapes against the system's dimensions (``bad_array``), every value
    finite and inside ``input_range`` / ``param_range`` (``out_of_range``). Runs before a request
    is queued, so nothing malformed ever reaches an instrument.
-2. ``measure(x, theta)``: encode to drive patterns, then per chunk of at most ``max_batch``
-   shots (and at most what the drive holds): ``detector.arm``, ``drive.output``,
-   ``detector.read``, decode. Returns ``y`` (float32 ``[B, output_dim]``) and the seconds the
-   instruments spent.
+2. ``measure(x, theta, meanwhile)``: encode to drive patterns, then per chunk of at most
+   ``max_batch`` shots (and at most what the drive holds): ``detector.arm``, ``drive.output``,
+   (the first time: ``meanwhile()``, other work done while the shots run), ``detector.read``,
+   decode. Returns ``y`` (float32 ``[B, output_dim]``) and the seconds the instruments spent
+   (from ``arm`` to the end of ``read``).
 
 A driver exception becomes ``SystemFault`` (with ``retryable``); the daemon then closes and
 reopens the instruments before the next request.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -116,34 +118,40 @@ class PhysicalSystem:
                                     f"{label} spans [{amin:g}, {amax:g}], outside the range "
                                     f"[{lo:g}, {hi:g}] of system {self.name!r}")
 
-    def measure(self, x: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, float]:
-        """``y`` float32 [B, output_dim] and the instrument time (s) for a checked request."""
+    def measure(self, x: np.ndarray, theta: np.ndarray,
+                meanwhile: Callable[[], None] | None = None) -> tuple[np.ndarray, float]:
+        """``y`` float32 [B, output_dim] and the instrument time (s) for a checked request.
+
+        ``meanwhile``, if given, is called once while the instruments take the first chunk's
+        shots (after ``drive.output``, before ``detector.read``): the worker answers the
+        previous request then, instead of leaving the instrument idle. It is not called when
+        ``arm`` or ``output`` fail."""
         batch = x.shape[0]
         if batch <= self.chunk:  # the common case: the decoded trace itself, no copy
-            return self._measure_chunk(x, theta)
+            return self._measure_chunk(x, theta, meanwhile)
         y = np.empty((batch, self.config.output_dim), dtype=np.float32)
         spent = 0.0
         for start in range(0, batch, self.chunk):
             stop = min(start + self.chunk, batch)
             rows = theta[start:stop] if theta.ndim == 2 else theta
-            y[start:stop], elapsed = self._measure_chunk(x[start:stop], rows)
+            y[start:stop], elapsed = self._measure_chunk(x[start:stop], rows, meanwhile)
+            meanwhile = None
             spent += elapsed
         return y, spent
 
-    def _measure_chunk(self, x: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, float]:
+    def _measure_chunk(self, x: np.ndarray, theta: np.ndarray,
+                       meanwhile: Callable[[], None] | None = None
+                       ) -> tuple[np.ndarray, float]:
         """One instrument cycle (at most ``chunk`` rows): ``y`` and the instrument seconds."""
         patterns = self.config.encode(x, theta)
         began = time.perf_counter()
-        try:
+        with _driver_faults():
             self.detector.arm(x.shape[0])
             self.drive.output(patterns)
+        if meanwhile is not None:
+            meanwhile()
+        with _driver_faults():
             trace = self.detector.read()
-        except LimitError as exc:
-            raise SystemFault(f"refused by the drive's safety limits: {exc}", False) from exc
-        except InstrumentError as exc:
-            raise SystemFault(str(exc), exc.retryable) from exc
-        except Exception as exc:
-            raise SystemFault(f"{type(exc).__name__} in driver: {exc}", True) from exc
         spent = time.perf_counter() - began
         expected = (x.shape[0], self.detector.samples)
         if trace.shape != expected:
@@ -153,3 +161,16 @@ class PhysicalSystem:
         if not _finite(y):
             raise SystemFault(f"{self.detector.name} returned non-finite values", True)
         return np.ascontiguousarray(y, dtype=np.float32), spent
+
+
+@contextlib.contextmanager
+def _driver_faults() -> Iterator[None]:
+    """Turn whatever a driver raises into ``SystemFault`` (with its ``retryable``)."""
+    try:
+        yield
+    except LimitError as exc:
+        raise SystemFault(f"refused by the drive's safety limits: {exc}", False) from exc
+    except InstrumentError as exc:
+        raise SystemFault(str(exc), exc.retryable) from exc
+    except Exception as exc:
+        raise SystemFault(f"{type(exc).__name__} in driver: {exc}", True) from exc

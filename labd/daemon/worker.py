@@ -7,15 +7,22 @@ Contract:
 * For each job the worker measures, takes consecutive sequence numbers for the rows, records
   the measurement (durably, before the reply leaves), and hands the reply frames to the server
   thread through its own PUSH socket (ZeroMQ sockets are not shared between threads).
+* When another job is already queued, the reply is handed over while that job's shots run
+  (``PhysicalSystem.measure``'s ``meanwhile``), not between the two measurements: handing it
+  over wakes the server thread, which then holds the GIL for a while, and the instrument would
+  wait for both (~1 ms per request measured here). Replies still leave in arrival order, each
+  before the next job's ``read``; a job whose ``arm`` or ``output`` fails hands over the
+  pending reply before its own.
 * An instrument fault answers ``instrument_fault`` (with the driver's ``retryable``), counts an
   error, publishes an event, and reopens the instruments with exponential backoff before the
   next job. The worker never dies of a driver exception.
 * ``stop()`` fails every job still queued and ends the thread after the job in hand.
 * Watchdog: ``overdue(now)`` tells the server thread that an instrument call has run past the
-  system's ``timeout_s``; ``abandon()`` then detaches the worker atomically. An abandoned
-  worker's late result is discarded (no sequence number, no record, no reply: the server has
-  answered ``instrument_fault``), and its thread ends; a fresh worker with fresh instruments
-  takes over the same queue.
+  system's ``timeout_s``; ``abandon()`` then detaches the worker atomically and returns the
+  hung job and the previous job's reply if it was still pending (the server delivers it). An
+  abandoned worker's late result is discarded (no sequence number, no record, no reply: the
+  server has answered ``instrument_fault``), and its thread ends; a fresh worker with fresh
+  instruments takes over the same queue.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,10 +67,12 @@ def pipe_message(kind: bytes, job: Job, frames: list[Buffer]) -> list[Buffer]:
             *job.envelope, *frames]
 
 
-def measure_job(system: PhysicalSystem, job: Job) -> tuple[np.ndarray, float] | SystemFault:
-    """Measure one job: ``(y, instrument seconds)``, or the fault that stopped it."""
+def measure_job(system: PhysicalSystem, job: Job, meanwhile: Callable[[], None] | None = None
+                ) -> tuple[np.ndarray, float] | SystemFault:
+    """Measure one job: ``(y, instrument seconds)``, or the fault that stopped it
+    (``meanwhile``: see ``PhysicalSystem.measure``)."""
     try:
-        return system.measure(job.x, job.theta)
+        return system.measure(job.x, job.theta, meanwhile)
     except SystemFault as fault:
         log.warning("%s: instrument fault: %s", system.name, fault)
         return fault
@@ -119,6 +129,8 @@ class SystemWorker(threading.Thread):
         self.call_started: float | None = None  # time.monotonic() of the call in hand
         self.current: Job | None = None
         self.abandoned = False
+        #: A measured job's pipe message, handed over while the next job measures.
+        self._pending: list[Buffer] | None = None
 
     # -- called from the server thread --------------------------------------------------------
 
@@ -140,13 +152,15 @@ class SystemWorker(threading.Thread):
         started = self.call_started
         return started is not None and now - started > self.system.config.timeout_s
 
-    def abandon(self) -> Job | None:
-        """Detach a worker whose call hangs; return its job, or None if the call just ended."""
+    def abandon(self) -> tuple[Job | None, list[Buffer] | None]:
+        """Detach a worker whose call hangs; return its job (None if the call just ended) and
+        the previous job's pipe message if it was not handed over yet (None otherwise)."""
         with self._lock:
             if self.call_started is None:
-                return None
+                return None, None
             self.abandoned = True
-            return self.current
+            pending, self._pending = self._pending, None
+            return self.current, pending
 
     # -- the thread ---------------------------------------------------------------------------
 
@@ -158,6 +172,8 @@ class SystemWorker(threading.Thread):
             self._reopen()
             while not self.abandoned:
                 job = self.jobs.get()
+                if job is None or self._stopping or self.faulted:
+                    self._flush()
                 if job is None:
                     break
                 if self._stopping:
@@ -170,6 +186,7 @@ class SystemWorker(threading.Thread):
                     self._serve(job)
                 finally:
                     self.active = False
+            self._flush()
             while self._stopping:  # answer what arrived behind the stop marker
                 try:
                     job = self.jobs.get_nowait()
@@ -184,13 +201,14 @@ class SystemWorker(threading.Thread):
     def _serve(self, job: Job) -> None:
         with self._lock:
             self.current, self.call_started = job, time.monotonic()
-        result = measure_job(self.system, job)
+        result = measure_job(self.system, job, self._flush)
         with self._lock:
             self.current, self.call_started = None, None
             if self.abandoned:
                 log.warning("%s: a hung call returned after the watchdog fired; its result "
                             "is discarded", self.system.name)
                 return
+        self._flush()  # (when the measurement failed before the shots)
         if isinstance(result, SystemFault):
             self.errors += 1
             self.faulted = True
@@ -199,8 +217,20 @@ class SystemWorker(threading.Thread):
         else:
             self.served += 1
         kind = b"error" if isinstance(result, SystemFault) else b"forward"
-        self._send(kind, job, finish_job(self.system, job, result, self._sequence,
-                                         self._recorder))
+        message = pipe_message(kind, job, finish_job(self.system, job, result, self._sequence,
+                                                     self._recorder))
+        if self.jobs.empty():
+            self._push.send_multipart(message, copy=False)
+        else:  # hand it over while the next job's shots run
+            with self._lock:
+                self._pending = message
+
+    def _flush(self) -> None:
+        """Hand the pending reply, if any, to the server thread."""
+        with self._lock:
+            message, self._pending = self._pending, None
+        if message is not None:
+            self._push.send_multipart(message, copy=False)
 
     def _reopen(self) -> None:
         """Close and open the instruments, backing off while they keep failing."""
@@ -224,13 +254,10 @@ class SystemWorker(threading.Thread):
             return
 
     def _reply_shutdown(self, job: Job) -> None:
-        self._send(b"error", job, error_reply(
-            job.request_id, ErrorCode.BUSY, "the daemon is shutting down; retry when it is back",
-            retryable=True))
-
-    def _send(self, kind: bytes, job: Job, frames: list[Buffer]) -> None:
         assert self._push is not None
-        self._push.send_multipart(pipe_message(kind, job, frames), copy=False)
+        self._push.send_multipart(pipe_message(b"error", job, error_reply(
+            job.request_id, ErrorCode.BUSY, "the daemon is shutting down; retry when it is back",
+            retryable=True)), copy=False)
 
     def _event(self, topic: str, body: dict[str, Any]) -> None:
         assert self._push is not None

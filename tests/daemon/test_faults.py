@@ -108,3 +108,39 @@ def test_fault_error_is_typed_for_the_client(faulty):
             pytest.raises(InstrumentFault) as err:
         client.forward("hangs", X, T)
     assert err.value.retryable
+
+
+def test_a_reply_waiting_for_the_next_shots_is_delivered_when_they_hang(tmp_path):
+    """The worker hands a finished request's reply to the server while the next queued
+    request's shots run. When that next request hangs in the drive before its shots (seed 11:
+    the drive's first output succeeds, its second hangs), the watchdog delivers the waiting
+    reply with the fault, instead of losing a measured and recorded result."""
+    config = tmp_path / "drive_hangs.toml"
+    config.write_text("""
+[systems.slowdrive]
+kind = "loopback"
+input_dim = 3
+param_dim = 3
+output_dim = 3
+encoding = { layout = "add" }
+timeout_s = 0.5
+bench = { seed = 1, timing = "realtime", shot_s = 0.1 }
+drive = { driver = "sim.dac", faults = { timeout = 0.5, hang_s = 3.0, seed = 11 } }
+detector = { driver = "sim.adc" }
+""")
+    with LocalDaemon(config=config) as daemon:
+        raw = RawClient(daemon.endpoint)
+        started = time.monotonic()
+        raw.send(forward_header("slowdrive", X, T, rid="first"), [X, T])
+        raw.send(forward_header("slowdrive", X, T, rid="second"), [X, T])  # queued behind
+        first, arrays = raw.recv(timeout_ms=5000)
+        first_s = time.monotonic() - started
+        second, _ = raw.recv(timeout_ms=5000)
+        second_s = time.monotonic() - started
+        raw.close()
+    assert first["id"] == "first" and first["ok"], first
+    np.testing.assert_allclose(arrays[0], X + T)
+    assert second["id"] == "second" and second["error"]["code"] == "instrument_fault"
+    # the first reply came with the watchdog (2 shots of 0.1 s, then 0.5 s), not after the
+    # 3 s hang, and the second's fault with it
+    assert first_s < 2.0 and second_s < 2.0, (first_s, second_s)
