@@ -137,6 +137,7 @@ class Ring:
             if magic == FILE_MAGIC and size > 0 and os.fstat(fd).st_size >= DATA + size:
                 self.size, self.base = int(size), int(base)
                 self._map = mmap.mmap(fd, DATA + self.size)
+        self._view = memoryview(self._map) if self._map is not None else memoryview(b"")
         #: Write position (logical): set by ``start``.
         self.end = self.base
 
@@ -163,32 +164,40 @@ class Ring:
     def grow(self, position: int, need: int = 0, fsync: bool = False) -> None:
         """Start an empty ring at logical ``position``, its data area at least ``RING_BYTES``
         and twice ``need`` bytes: only when everything before ``position`` is ingested
-        (nothing is left to replay). The old pages are dropped and the new ones faulted in
-        at once (``populate``), so that appends copy into mapped pages."""
+        (nothing is left to replay). The pages are faulted in at once (``populate``), so that
+        appends copy into mapped pages."""
         size = max(RING_BYTES, self.size)
         while size < 2 * need:
             size *= 2
+        self._view.release()
         if self._map is not None:
             with contextlib.suppress(BufferError):
                 self._map.close()
             self._map = None
-        os.ftruncate(self._fd, DATA)  # a crash from here on finds no record at ``position``
+        # Older records stay where they are: their heads and marks name positions before
+        # ``position``, so they are stale from here on (never truncate: a view of the old
+        # mapping may still exist, and pages beyond the end of a file raise SIGBUS).
         os.pwrite(self._fd, FILE_HEADER.pack(FILE_MAGIC, size, position), 0)
-        os.ftruncate(self._fd, DATA + size)
+        if os.fstat(self._fd).st_size < DATA + size:
+            os.ftruncate(self._fd, DATA + size)
         if fsync:
             os.fdatasync(self._fd)
         self.size, self.base, self.end = size, position, position
         self._map = mmap.mmap(self._fd, DATA + size)
+        self._view = memoryview(self._map)
         populate(self._map, DATA)
 
     def _at(self, position: int) -> int:
         return DATA + (position - self.base) % self.size
 
-    def append(self, meta: dict[str, Any], x: memoryview, theta: memoryview, y: memoryview,
-               ingested: int, fsync: bool = False) -> int:
-        """Copy one record at the write position; return the position after it. Raises
-        ``RingFull`` when it would overwrite records after ``ingested`` (nothing written)."""
-        body = json.dumps(meta, separators=(",", ":")).encode()
+    def append(self, body: bytes, x: memoryview, theta: memoryview, y: memoryview,
+               ingested: int, fsync: bool = False
+               ) -> tuple[int, tuple[memoryview, memoryview, memoryview]]:
+        """Copy one record (``body``: its metadata, a UTF-8 JSON object) at the write
+        position; return the position after it and views of the copies of ``x``, ``theta``
+        and ``y`` in the ring (valid until the record is ingested and the ring moves on).
+        Raises ``RingFull`` when it would overwrite records after ``ingested`` (nothing
+        written)."""
         nx, nt, ny = x.nbytes, theta.nbytes, y.nbytes
         length = record_bytes(len(body), nx, nt, ny)
         at = self.end
@@ -207,6 +216,8 @@ class Ring:
         p += HEAD.size
         m[p:p + len(body)] = body
         p += len(body)
+        copies = self._view
+        a, b, c = p, p + nx, p + nx + nt
         for part in (x, theta, y):
             n = part.nbytes
             if n:
@@ -219,7 +230,7 @@ class Ring:
                     page = a & ~(mmap.PAGESIZE - 1)
                     m.flush(page, b - page)
         self.end = start + length
-        return self.end
+        return self.end, (copies[a:b], copies[b:c], copies[c:c + ny])
 
     def entries(self, start: int) -> Iterator[Entry]:
         """The complete records from logical position ``start`` on, stopping at a torn or
@@ -255,6 +266,7 @@ class Ring:
 
     def close(self) -> None:
         """Release the mapping, the lock and the file."""
+        self._view.release()
         if self._map is not None:
             with contextlib.suppress(BufferError):  # an Entry's view is alive: GC unmaps it
                 self._map.close()
