@@ -60,7 +60,7 @@ from labd.train.arch import Arch, build_network, default_arch
 from labd.train.datasets import Dataset, load_task
 from labd.train.hardware import Hardware
 from labd.train.layers import PhysicalNetwork
-from labd.train.pipeline import Pipeline
+from labd.train.pipeline import Pipeline, filler_sizes
 
 DESCRIPTION = "instrument duty cycle of PAT training of SHG vowels at 1 ms per shot"
 
@@ -81,17 +81,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unbatched", action="store_true",
                    help="pipelined approach: the model evaluated and back-propagated per chunk "
                         "(Pipeline(batched=False)) instead of once per layer and minibatch")
-    p.add_argument("--jacobians", action="store_true",
+    p.add_argument("--jacobians", choices=["auto", "on", "off"], default="auto",
                    help="pipelined approach: the model's Jacobians at each layer's rows computed "
                         "while they are measured, so that the backward pass after the last reply "
-                        "is two small products per layer (Pipeline(jacobians=True))")
+                        "is two small products per layer (Pipeline(jacobians=...)); auto "
+                        "(default): in steps no evaluation fills, i.e. the first epoch")
+    p.add_argument("--wide", type=int, nargs=2, metavar=("SHORT", "LONG"),
+                   help="pipelined approach, while evaluations are outstanding: one request per "
+                        "layer and minibatch with a SHORT-row evaluation filler behind each but "
+                        "the last layer's and a LONG-row one behind it (default: "
+                        "labd.train.pipeline.filler_sizes, 2 and 8 here)")
+    p.add_argument("--no-wide", action="store_true",
+                   help="pipelined approach: always --chunks requests per layer and minibatch, "
+                        "evaluation fillers of --eval-chunk rows (the previous scheduling)")
     p.add_argument("--quick", action="store_true", help="one epoch each (a smoke test)")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     figures = measure_duty(1 if args.quick else args.epochs, args.chunks, args.shot_s,
                            eval_chunk=args.eval_chunk, batched=not args.unbatched,
-                           jacobians=args.jacobians)
+                           jacobians={"auto": None, "on": True, "off": False}[args.jacobians],
+                           wide=False if args.no_wide else tuple(args.wide or ()) or None)
     for name in APPROACHES:
         f = figures[name]
         steps = (f"   steps alone {100 * f['steps_duty_cycle']:5.1f}%"
@@ -297,11 +307,17 @@ APPROACHES = ("reference", "labd_sync", "labd_pipelined", "labd_pipelined_steps"
 
 def measure_duty(epochs: int = 5, chunks: int = 2, shot_s: float = 0.001,
                  seed: int = 0, eval_chunk: int | None = None, stale_chunks: int = 1,
-                 batched: bool = True, jacobians: bool = False) -> dict[str, Any]:
-    """Duty cycles of the approaches (module docstring)."""
+                 batched: bool = True, jacobians: bool | None = None,
+                 wide: tuple[int, int] | bool | None = None) -> dict[str, Any]:
+    """Duty cycles of the approaches (module docstring). ``wide``: ``Pipeline(wide=...)``
+    sizes, ``None`` for ``filler_sizes``, ``False`` for none."""
     torch.set_num_threads(1)
     data = load_task("vowels", None, None)
     arch = default_arch("vowels", SYSTEM)
+    if wide is None:
+        wide = filler_sizes(len(data.y_test), arch.depth,
+                            -(-len(data.y_train) // arch.batch_size))
+    wide_sizes = None if wide is False or wide is True else tuple(wide)
     chunk = -(-arch.batch_size // chunks)  # rows per request
     eval_chunk = eval_chunk or chunk
     stale_chunk = -(-arch.batch_size // stale_chunks)
@@ -309,7 +325,7 @@ def measure_duty(epochs: int = 5, chunks: int = 2, shot_s: float = 0.001,
     out: dict[str, Any] = {"system": SYSTEM, "shot_s": shot_s, "epochs": epochs, "chunk": chunk,
                            "eval_chunk": eval_chunk, "batch_size": arch.batch_size,
                            "depth": arch.depth, "test_samples": len(data.y_test),
-                           "batched": batched, "jacobians": jacobians,
+                           "batched": batched, "jacobians": jacobians, "wide": wide_sizes,
                            "backward": "nominal model"}
     with tempfile.TemporaryDirectory(prefix="labd-bench-duty-") as tmp:
         config = Path(tmp) / "shg.toml"
@@ -360,7 +376,8 @@ def measure_duty(epochs: int = 5, chunks: int = 2, shot_s: float = 0.001,
                 for layer in net.physical_layers():
                     layer.hardware = hw
                 pipe = Pipeline(net, ce_sum, stale_chunk if stale else chunk, eval_chunk,
-                                batched=batched, jacobians=jacobians)
+                                batched=batched, jacobians=jacobians,
+                                wide=None if stale else wide_sizes)
 
                 def pipelined(xb: torch.Tensor, yb: torch.Tensor, pipe: Pipeline = pipe
                               ) -> float:

@@ -21,13 +21,15 @@ evaluations), counted by ``Hardware``.
 
 Pipelined PAT (``LoopConfig.pipeline``, the default): in ``pat`` mode, when every physical
 layer's client can ``submit`` and collect ``result``s (``LabClient``), the training steps and the
-per-epoch test evaluation run through ``labd.train.pipeline.Pipeline``: each minibatch is cut
-into ``chunks`` requests per layer that flow through the layers as a wavefront while the model's
-work is done, and the test evaluation of epoch ``k`` (of a frozen copy of the network as it was
-after epoch ``k``) is measured in the gaps the steps of epoch ``k + 1`` leave (the rest back to
-back at its end; the last epoch's at once). The same algorithm as the plain loop: the same
-gradients, losses, scores and optimiser steps, the same evaluation (of the same parameters), the
-same shots, the same metrics; only the instrument idles less. (With twin refinement the
+per-epoch test evaluation run through ``labd.train.pipeline.Pipeline``: the test evaluation of
+epoch ``k`` (of a frozen copy of the network as it was after epoch ``k``) is measured in the
+gaps the steps of epoch ``k + 1`` leave (one request per layer and minibatch, an evaluation
+filler behind each: ``wide``), the rest back to back at its end, the last epoch's at once; with
+no evaluation to fill with (the first epoch), each minibatch is cut into ``chunks`` requests per
+layer that flow through the layers as a wavefront while the model's work is done. The same
+algorithm as the plain loop: the same gradients, losses, scores and optimiser steps, the same
+evaluation (of the same parameters), the same shots, the same metrics; only the instrument
+idles less. (With twin refinement the
 evaluation stays synchronous: the plain loop's refiner also records the evaluation's shots, at
 the end of the epoch.) Epoch ``k``'s metrics row and its
 checkpoint are written once its evaluation is measured (the checkpoint holds the state as it was
@@ -53,7 +55,7 @@ from tqdm import tqdm
 from labd.train.datasets import Dataset
 from labd.train.hardware import Hardware
 from labd.train.layers import PhysicalNetwork
-from labd.train.pipeline import Evaluation, Pipeline
+from labd.train.pipeline import Evaluation, Pipeline, filler_sizes
 from labd.train.twins import TwinRefiner
 
 METRICS = ["epoch", "train_loss", "train_acc", "test_acc", "test_acc_model",
@@ -75,8 +77,11 @@ class LoopConfig:
     #: ``pat`` training and its per-epoch test evaluation through ``Pipeline`` (module doc);
     #: False: the plain synchronous loop
     pipeline: bool = True
-    #: requests each minibatch is cut into per physical layer when pipelined
+    #: requests each minibatch is cut into per physical layer when pipelined (first epoch)
     chunks: int = 2
+    #: pipelined, while an evaluation is outstanding: one request per layer and minibatch with
+    #: evaluation fillers between them (``Pipeline(wide=...)``); False: ``chunks`` always
+    wide: bool = True
 
 
 @dataclass
@@ -200,15 +205,16 @@ class Trainer:
                         and hasattr(layer.hardware.client, "result") for layer in layers))
 
     def _pipeline(self) -> Pipeline:
-        """The pipeline: ``chunks`` requests per minibatch and layer; evaluation chunks sized
-        so that one evaluation gives about one filler per training step (each chunk is one
-        filler per physical layer), at most ``eval_batch`` shots."""
+        """The pipeline: ``chunks`` requests per minibatch and layer while no evaluation is
+        outstanding (the first epoch), else one per layer with evaluation fillers sized by
+        ``filler_sizes`` (at most ``eval_batch`` shots a request)."""
         layers = self.net.physical_layers()
         chunk = -(-self.cfg.batch_size // max(1, self.cfg.chunks))
-        units = max(layer.units for layer in layers)
-        fillers = -(-len(self.data.y_test) * len(layers) // self._batches())
-        eval_chunk = max(1, min(self.cfg.eval_batch // units, fillers))
-        return Pipeline(self.net, nn.CrossEntropyLoss(reduction="sum"), chunk, eval_chunk)
+        most = max(1, self.cfg.eval_batch // max(layer.units for layer in layers))
+        short, long = filler_sizes(len(self.data.y_test), len(layers), self._batches())
+        eval_chunk = min(most, -(-len(self.data.y_test) * len(layers) // self._batches()))
+        return Pipeline(self.net, nn.CrossEntropyLoss(reduction="sum"), chunk, eval_chunk,
+                        wide=(min(short, most), min(long, most)) if self.cfg.wide else None)
 
     def _eval_shots(self) -> int:
         """Shots of one test evaluation on the hardware."""

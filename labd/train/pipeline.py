@@ -65,6 +65,10 @@ import torch
 
 from labd.train.layers import PhysicalLayer, PhysicalNetwork
 
+#: Layers with at most this many outputs get Jacobians in steps no evaluation fills
+#: (``Pipeline(jacobians=None)``): 12 outputs (SHG) cost 4.3 ms for 21 rows, in the gaps.
+JACOBIAN_OUTPUTS = 16
+
 #: What a chunk's forward yields: the layer and its per-shot rows and parameters; it is sent
 #: back the model's point and the measured ``y``.
 Request = tuple[PhysicalLayer, torch.Tensor, torch.Tensor]
@@ -196,6 +200,20 @@ def _eval_forward(net: PhysicalNetwork, x: torch.Tensor
     return x
 
 
+def filler_sizes(samples: int, layers: int, steps: int) -> tuple[int, int]:
+    """``Pipeline(wide=...)`` for an evaluation of ``samples`` after every epoch of ``steps``
+    minibatches through ``layers`` physical layers: each step has ``layers - 1`` short gaps
+    (a reply's hand-off and the next layer's request) and one long one (backward pass,
+    optimiser step, next minibatch), and one evaluation gives ``samples * layers / steps``
+    shots per step: the short fillers get a fifth of them, the long one the rest (SHG vowels:
+    49 * 2 / 10 = 9.8 shots per step, 2 and 8: best of 3-7, 2-8, 4-6 and 1-9 measured)."""
+    per_step = samples * layers / max(1, steps)
+    if layers < 2:
+        return 0, max(1, round(per_step))
+    short = max(1, round(0.2 * per_step / (layers - 1)))
+    return short, max(1, round(per_step - short * (layers - 1)))
+
+
 def _even(n: int, most: int) -> list[slice]:
     """``n`` rows cut into the fewest chunks of at most ``most`` rows, of sizes differing by at
     most one (49 rows, 11 at most: 10, 10, 10, 10, 9; not 11, 11, 11, 11, 5: a short chunk
@@ -238,6 +256,8 @@ class _EvalFlow:
     start: int
     request: Request | None = None  # the next request, computed, not yet sent (None
     # before the first: computed when sent)
+    short: bool = False  # a short filler (``Pipeline.wide``): between layers, not at the end
+    x: torch.Tensor | None = None  # its input rows
 
 
 @dataclass(slots=True)
@@ -283,18 +303,33 @@ class Pipeline:
     at the moment ``evaluate`` was called, whenever its shots happen; training steps are
     untouched (their requests only wait behind a filler in the daemon's FIFO queue).
     ``drain()`` sends every outstanding evaluation request back to back (a wavefront, like
-    training chunks) and waits for them all. ``batched`` (default): the model's work of a
-    step is done once per layer for the whole minibatch (``_step_batched``) instead of once
-    per chunk; the same gradient for a third less trainer CPU. ``instrument_s`` adds up
-    every reply's ``elapsed_s`` (training and evaluation).
+    training chunks; an evaluation not started at all in two chunks) and waits for them all.
+    ``batched`` (default): the model's work of a step is done once per layer for the whole
+    minibatch (``_step_batched``) instead of once per chunk; the same gradient for a third
+    less trainer CPU. ``instrument_s`` adds up every reply's ``elapsed_s`` (training and
+    evaluation).
+
+    ``wide=(short, long)`` (batched): while evaluation fillers are left, a step sends one
+    request per layer (the whole minibatch) instead of ``chunk``-row chunks, with a
+    ``short``-row filler behind each layer's request but the last (measured while the reply
+    is handed over and the next layer's request computed) and a ``long``-row one behind the
+    last (the backward pass, optimiser step and next minibatch); ``evaluate`` cuts its rows
+    into short and long chunks accordingly (``filler_sizes``). Fewer requests, each costing
+    the daemon its dead time, for the same shots; fillers too short for the gaps (under
+    load) leave the instrument idle. ``jacobians`` (batched): per-row Jacobians of the model
+    (``JacobianPoint``) instead of its graph, so that the backward pass after the last reply
+    is cheap; ``None`` (default): in steps with no filler to cover that backward pass (the
+    first epoch), for layers of at most ``JACOBIAN_OUTPUTS`` outputs.
     """
 
     def __init__(self, net: PhysicalNetwork,
                  loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                  chunk: int, eval_chunk: int | None = None, fill: bool = True,
-                 batched: bool = True, jacobians: bool = False) -> None:
+                 batched: bool = True, jacobians: bool | None = None,
+                 wide: tuple[int, int] | None = None) -> None:
         self.net = net
         self.jacobians = jacobians
+        self.wide = wide
         self.loss_sum = loss_sum
         self.chunk = chunk
         self.eval_chunk = eval_chunk or chunk
@@ -303,6 +338,7 @@ class Pipeline:
         self.inflight: deque[_InFlight] = deque()  # in the order sent: answered FIFO
         self.fillers: deque[_EvalFlow] = deque()  # evaluation chunks with a request to send
         self._frozen_pool: list[PhysicalNetwork] = []  # copies of finished evaluations
+        self._frozen_made = 0
         self.instrument_s = 0.0
 
     # -- evaluation -----------------------------------------------------------------------
@@ -321,14 +357,17 @@ class Pipeline:
         """A copy of the network as it is now, for an evaluation: one whose evaluation is
         finished, its parameters and buffers overwritten (a deep copy costs ~3 ms, on the
         critical path at the end of an epoch), else a new one."""
-        if self._frozen_pool:
-            frozen = self._frozen_pool.pop()
-            with torch.no_grad():
-                for mine, live in zip(frozen.state_dict(keep_vars=True).values(),
-                                      self.net.state_dict(keep_vars=True).values(),
-                                      strict=True):
-                    mine.copy_(live)
-            return frozen
+        if not self._frozen_pool:
+            self._frozen_pool.append(self._new_frozen())
+        frozen = self._frozen_pool.pop()
+        with torch.no_grad():
+            for mine, live in zip(frozen.state_dict(keep_vars=True).values(),
+                                  self.net.state_dict(keep_vars=True).values(), strict=True):
+                mine.copy_(live)
+        return frozen
+
+    def _new_frozen(self) -> PhysicalNetwork:
+        self._frozen_made += 1
         frozen = self._copy(recorder=False)  # evaluation shots are not training data
         frozen.set_path("hardware")
         frozen.eval()
@@ -339,17 +378,36 @@ class Pipeline:
     def evaluate(self, x: torch.Tensor) -> Evaluation:
         frozen = self._frozen()
         evaluation = Evaluation(x.shape[0], frozen)
-        for rows in _even(x.shape[0], self.eval_chunk):
+        n = x.shape[0]
+        between = len(self.net.physical_layers()) - 1  # short fillers per step (wide)
+        if self.wide is None:
+            parts = [(rows, False) for rows in _even(n, self.eval_chunk)]
+        elif not between or not self.wide[0] or n < 2 * (between + 1):
+            parts = [(rows, False) for rows in _even(n, max(1, self.wide[1]))]
+        else:  # per long chunk, ``between`` short ones: each gives a filler per layer
+            short, long = self.wide
+            groups = -(-n // (between * short + long))
+            n_short = round(n * between * short / (between * short + long))
+            n_short = min(n - groups, max(between * groups, n_short))
+            parts = [(slice(r.start, r.stop), True)
+                     for r in _even(n_short, -(-n_short // (between * groups)))]
+            parts += [(slice(n_short + r.start, n_short + r.stop), False)
+                      for r in _even(n - n_short, -(-(n - n_short) // groups))]
+        for rows, is_short in parts:
             # the first request is computed when the filler is sent
             self.fillers.append(_EvalFlow(_eval_forward(frozen, x[rows]), evaluation,
-                                          rows.start))
+                                          rows.start, short=is_short, x=x[rows]))
             evaluation.remaining += 1
         return evaluation
 
-    def _send_filler(self) -> bool:
+    def _send_filler(self, short: bool | None = None) -> bool:
+        """Send the next filler (with ``short``, preferably one of that kind)."""
         if not self.fillers:
             return False
-        flow = self.fillers.popleft()
+        flow = self.fillers[0]
+        if short is not None and flow.short != short:
+            flow = next((f for f in self.fillers if f.short == short), flow)
+        self.fillers.remove(flow)
         if flow.request is None:
             with torch.inference_mode():
                 flow.request = next(flow.flow)
@@ -406,7 +464,25 @@ class Pipeline:
                 return entry, entry.owner, y
 
     def drain(self) -> None:
-        """Send every outstanding evaluation request (wavefront) and wait for all replies."""
+        """Send every outstanding evaluation request (wavefront) and wait for all replies.
+        An evaluation none of whose requests was sent yet (the last one of a training) is cut
+        again into two chunks (sizes for fillers are of no use here, and every request costs
+        the daemon its dead time)."""
+        for evaluation in {id(f.evaluation): f.evaluation for f in self.fillers}.values():
+            flows = sorted((f for f in self.fillers if f.evaluation is evaluation),
+                           key=lambda f: f.start)
+            if (len(flows) <= 2 or evaluation.network is None or evaluation.parts
+                    or evaluation.remaining != len(flows)
+                    or any(f.request is not None or f.x is None for f in flows)):
+                continue
+            for f in flows:
+                self.fillers.remove(f)
+            x = torch.cat([f.x for f in flows if f.x is not None])
+            halves = _even(x.shape[0], -(-x.shape[0] // 2))
+            for rows in halves:
+                self.fillers.append(_EvalFlow(_eval_forward(evaluation.network, x[rows]),
+                                              evaluation, rows.start, x=x[rows]))
+            evaluation.remaining = len(halves)
         while self.fillers:
             self._send_filler()
         while self.inflight:
@@ -468,9 +544,18 @@ class Pipeline:
         parts.sort(key=lambda p: p[0].start)
         return Step(total, torch.cat([s for _, s in parts]), self.instrument_s - began)
 
-    def _point(self, layer: PhysicalLayer, x: torch.Tensor, theta: torch.Tensor
-               ) -> ModelPoint | JacobianPoint:
-        if self.jacobians:
+    def _jacobians(self, layers: list[PhysicalLayer]) -> bool:
+        """Whether this step computes Jacobians (``jacobians``; ``None``: when no evaluation
+        fills the gap after the step, and every layer has few outputs, since a Jacobian
+        costs a backward pass per output)."""
+        if self.jacobians is not None:
+            return self.jacobians
+        return not self.fillers and all(layer.output_dim <= JACOBIAN_OUTPUTS
+                                        for layer in layers)
+
+    def _point(self, layer: PhysicalLayer, x: torch.Tensor, theta: torch.Tensor,
+               jacobians: bool) -> ModelPoint | JacobianPoint:
+        if jacobians:
             return JacobianPoint.of(layer, x, theta)
         return ModelPoint.of(layer, x, theta)
 
@@ -498,8 +583,10 @@ class Pipeline:
         of ``step``; the same gradient."""
         batch = x.shape[0]
         layers, segments = self._segments()
-        chunks = [slice(start, min(start + self.chunk, batch))
-                  for start in range(0, batch, self.chunk)]
+        wide = self.wide is not None and self.fill and bool(self.fillers)
+        jacobians = self._jacobians(layers)
+        chunk = batch if wide else self.chunk
+        chunks = [slice(start, min(start + chunk, batch)) for start in range(0, batch, chunk)]
         sent: list[list[tuple[torch.Tensor, torch.Tensor] | None]] = [
             [None] * len(chunks) for _ in layers]
         measured: list[list[torch.Tensor | None]] = [[None] * len(chunks) for _ in layers]
@@ -520,7 +607,9 @@ class Pipeline:
             sent[k][index] = (rows, theta)
             to_send -= 1
             if to_send == 0 and self.fill:
-                self._send_filler()
+                self._send_filler(False if wide else None)
+            elif wide and k + 1 < len(layers):
+                self._send_filler(True)
 
         def graph_inputs(k: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             """Layer ``k``'s rows and parameters for the minibatch, with their graph, from
@@ -535,14 +624,16 @@ class Pipeline:
             theta = parts[0][1]
             if theta.ndim == 2:
                 theta = torch.cat([p[1] for p in parts])
-            return self._point(layers[k], torch.cat([p[0] for p in parts]), theta)
+            return self._point(layers[k], torch.cat([p[0] for p in parts]), theta, jacobians)
 
         inputs = [graph_inputs(0, x)]
         rows, theta = inputs[0][0].detach(), inputs[0][1].detach()
         for index, c in enumerate(chunks):
             r = rows_of(layers[0], c)
             submit(0, index, rows[r], theta[r] if theta.ndim == 2 else theta)
-        points = [self._point(layers[0], rows, theta)]
+        points = [self._point(layers[0], rows, theta, jacobians)]
+        if self.fill and not self._frozen_made:  # while the first replies are awaited: the
+            self._frozen_pool.append(self._new_frozen())  # copy the first evaluation needs
         scores: torch.Tensor | None = None
         while scores is None:
             entry, owner, y = self._reply_for(_Chunk)

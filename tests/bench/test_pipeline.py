@@ -78,18 +78,27 @@ def test_pipelined_gradient_equals_plain(chunk: int) -> None:
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("batched", [False, True])
-def test_evaluation_fillers_leave_training_exact(batched: bool) -> None:
+@pytest.mark.parametrize(("batched", "wide"), [(False, None), (True, None), (True, (2, 8))])
+def test_evaluation_fillers_leave_training_exact(batched: bool,
+                                                 wide: tuple[int, int] | None) -> None:
     """Evaluations measured as fillers between steps: scores of the network as it was when
-    ``evaluate`` was called; the steps' gradients are those of the plain loop."""
+    ``evaluate`` was called; the steps' gradients are those of the plain loop. ``wide``: while
+    fillers are left, one request per layer and minibatch, a short filler behind the first
+    layer's and a long one behind the last's."""
     net, data = vowel_network()
     plain = copy.deepcopy(net)
     x_test = torch.from_numpy(data.x_test)
     with torch.no_grad():
         expected = plain(x_test)
     pipe = Pipeline(net, nn.CrossEntropyLoss(reduction="sum"), 11, eval_chunk=7,
-                    batched=batched)
+                    batched=batched, wide=wide)
     evaluation = pipe.evaluate(x_test)
+    if wide:  # 49 rows: 5 short chunks of 2 and 5 long ones of 8 (7 the last)
+        sizes = sorted(f.x.shape[0] for f in pipe.fillers if f.x is not None)
+        assert sizes == [2] * 5 + [7] + [8] * 4
+    hw = net.physical_layers()[0].hardware
+    assert hw is not None
+    requests = hw.requests
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     opt_plain = torch.optim.SGD(plain.parameters(), lr=0.1)
     for i in range(0, 63, 21):
@@ -103,6 +112,9 @@ def test_evaluation_fillers_leave_training_exact(batched: bool) -> None:
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
         opt.step()
         opt_plain.step()
+        if wide:  # 2 training requests and 2 fillers a step
+            assert hw.requests - requests == 4
+            requests = hw.requests
     pipe.drain()
     assert evaluation.done and not pipe.inflight and not pipe.fillers
     torch.testing.assert_close(evaluation.scores, expected, rtol=1e-5, atol=1e-6)
@@ -203,3 +215,22 @@ def test_batched_step_records_each_layer_as_the_plain_loop() -> None:
     for plain, piped in zip(records["plain"], records["piped"], strict=True):
         for a, b in zip(plain, piped, strict=True):
             np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("wide", [None, (2, 8)])
+def test_drained_evaluation_is_measured_in_two_chunks(wide: tuple[int, int] | None) -> None:
+    """An evaluation drained before any of its requests was sent (the last one of a training)
+    is measured as two chunks per layer, whatever chunks its fillers would have had."""
+    net, data = vowel_network()
+    x_test = torch.from_numpy(data.x_test)
+    with torch.no_grad():
+        expected = net(x_test)
+    hw = net.physical_layers()[0].hardware
+    assert hw is not None
+    pipe = Pipeline(net, nn.CrossEntropyLoss(reduction="sum"), 11, eval_chunk=7, wide=wide)
+    evaluation = pipe.evaluate(x_test)
+    assert len(pipe.fillers) == (10 if wide else 7)
+    before = hw.requests
+    pipe.drain()
+    assert hw.requests - before == 2 * len(net.physical_layers())
+    torch.testing.assert_close(evaluation.scores, expected, rtol=1e-5, atol=1e-6)
