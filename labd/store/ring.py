@@ -225,10 +225,10 @@ class Ring:
                 p += n
         m[p:p + TRAILER.size] = TRAILER.pack(TRAILER_MAGIC, start, length)
         if fsync:
-            for a, b in ((skip, skip + HEAD.size), (first, p + TRAILER.size)):
-                if a >= 0:
-                    page = a & ~(mmap.PAGESIZE - 1)
-                    m.flush(page, b - page)
+            for lo, hi in ((skip, skip + HEAD.size), (first, p + TRAILER.size)):
+                if lo >= 0:
+                    page = lo & ~(mmap.PAGESIZE - 1)
+                    m.flush(page, hi - page)
         self.end = start + length
         return self.end, (copies[a:b], copies[b:c], copies[c:c + ny])
 

@@ -825,6 +825,8 @@ class Store:
                     "DELETE FROM thetas WHERE id = ? AND NOT EXISTS "
                     "(SELECT 1 FROM measurements WHERE theta_id = ?)", (t, t)).rowcount
                     for t in sorted(thetas))
+                if deleted and self._live_bytes(segments.segment) < segments.end:
+                    segments.rotate()  # the newest segment lost arrays: compact it too
                 gone = self._compact() if deleted or dropped else []
                 if sizes := segments.sizes():
                     conn.executemany(_SEGMENT, sizes)
@@ -871,6 +873,13 @@ class Store:
             return 0
         thetas.update(seen)
         return conn.execute("DELETE FROM measurements WHERE id <= ?", (cutoff,)).rowcount
+
+    def _live_bytes(self, segment: int) -> int:
+        """Bytes of ``segment`` that rows refer to."""
+        return self._conn.execute(
+            "SELECT (SELECT coalesce(sum(x_bytes + y_bytes), 0) FROM measurements WHERE "
+            "segment = ?) + (SELECT coalesce(sum(bytes), 0) FROM thetas WHERE segment = ?)",
+            (segment, segment)).fetchone()[0]
 
     def _compact(self) -> list[int]:
         """Inside the prune's transaction: the segments (older than the newest) to delete:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from labd.daemon.recording import Measurement
-from labd.store import schema
+from labd.store import ring, schema
 from labd.store.reader import StoreReader
 from labd.store.segments import blobs_dir, segment_files
 from labd.store.writer import Store, StoreError
@@ -160,11 +160,16 @@ def test_prune_by_age(tmp_path: Path) -> None:
         store.record(measurement(seq, received=old))
     store.record(measurement(10))
     store.close()
+    before = on_disk(path)
     store = open_store(path, max_age_days=1.0)  # prunes at start, in the writer thread
     store.record(measurement(12))
     store.close()
     with StoreReader(path) as reader:
         assert [r.seq for r in reader.records()] == [10, 12]
+        live = reader.count()[2]
+    # the segment that held the pruned arrays was compacted away: the survivors' bytes remain
+    assert sum(p.stat().st_size for p in segment_files(blobs_dir(path)).values()) == live
+    assert on_disk(path) <= before
     assert Store(path).next_seq() == 14
 
 
@@ -315,3 +320,54 @@ def test_pruning_keeps_shared_thetas_and_drops_orphans(tmp_path: Path) -> None:
     with StoreReader(path) as reader:
         assert reader.count() == (0, 0, 0)
     assert thetas_stored(path) == 0
+
+
+def test_synchronous_full_and_a_record_larger_than_the_ring(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """With a 64 KiB ring: records wrap around it (msync-ed in "full" mode), and one larger
+    than the ring waits for ingestion and grows it; everything reads back."""
+    monkeypatch.setattr(ring, "RING_BYTES", 64 * 1024)
+    path = tmp_path / "m.sqlite"
+    store = open_store(path, synchronous="full")
+    sent = [measurement(2 * k, dims=(300, 7, 500)) for k in range(40)]  # ~6.5 KiB each
+    sent.append(measurement(80, rows=64, dims=(300, 7, 500)))  # ~200 KiB
+    sent.append(measurement(200, dims=(300, 7, 500)))
+    for m in sent:
+        store.record(m)
+    assert store._ring.size >= 2 * 200 * 1024
+    store.close()
+    with StoreReader(path) as reader:
+        recs = list(reader.records())
+    assert [r.seq for r in recs] == [m.seq for m in sent]
+    for r, m in zip(recs, sent, strict=True):
+        np.testing.assert_array_equal(r.x, m.x)
+        np.testing.assert_array_equal(r.theta, m.theta)
+        np.testing.assert_array_equal(r.y, m.y)
+
+
+def test_uncommitted_segment_bytes_are_cut_off(tmp_path: Path) -> None:
+    """Bytes a writer appended to a segment without committing the rows (a crash in between)
+    and segment files SQLite does not know are removed when the store is opened."""
+    path = tmp_path / "m.sqlite"
+    store = open_store(path)
+    sent = [measurement(0), measurement(2)]
+    for m in sent:
+        store.record(m)
+    store.close()
+    files = segment_files(blobs_dir(path))
+    (newest,) = files.values()
+    size = newest.stat().st_size
+    with newest.open("ab") as fh:
+        fh.write(b"\xff" * 1000)
+    stray = blobs_dir(path) / "00000099.seg"
+    stray.write_bytes(b"\xff" * 10)
+    store = open_store(path)
+    store.record(measurement(4))
+    store.close()
+    assert not stray.exists()
+    assert newest.stat().st_size == size + (3 * 2 + 2 + 4 * 2) * 4  # x, theta and y of seq 4
+    with StoreReader(path) as reader:
+        recs = list(reader.records())
+    assert [r.seq for r in recs] == [0, 2, 4]
+    np.testing.assert_array_equal(recs[1].y, sent[1].y)
