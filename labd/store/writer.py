@@ -440,19 +440,29 @@ def recover(conn: sqlite3.Connection, path: Path, ring: Ring, ingestor: _Ingesto
 
 def _unreplayed(path: Path, ring: Ring) -> bool:
     """Whether the ring (or a version 3 journal) holds records the database lacks."""
-    if journal_path(path).exists():
-        return True
-    if not ring.valid:
+    if not path.exists():
         return False
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
         conn.execute("PRAGMA busy_timeout = 10000")
-        if schema.version(conn) < 4:
-            return False
-        position = _counter(conn, "ring_position", 0)
+        found = schema.version(conn)
+        epoch = _counter(conn, "journal_epoch", -1) if found >= 2 else -1
+        offset = _counter(conn, "journal_offset", 0) if found >= 2 else 0
+        position = _counter(conn, "ring_position", 0) if found >= 4 else 0
     finally:
         conn.close()
-    return next(ring.entries(position), None) is not None
+    legacy = journal_path(path)
+    if legacy.exists():
+        try:
+            journal = Journal.open(legacy)
+        except JournalBusy:
+            return False  # an older labd writes this store
+        try:
+            if next(journal.entries(offset if journal.epoch == epoch else 0), None):
+                return True
+        finally:
+            journal.close()
+    return found >= 4 and ring.valid and next(ring.entries(position), None) is not None
 
 
 def recover_path(path: str | Path) -> int:
