@@ -86,14 +86,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "while they are measured, so that the backward pass after the last reply "
                         "is two small products per layer (Pipeline(jacobians=...)); auto "
                         "(default): in steps no evaluation fills, i.e. the first epoch")
-    p.add_argument("--wide", type=int, nargs=2, metavar=("SHORT", "LONG"),
+    p.add_argument("--wide", type=int, nargs="*", metavar="ROWS",
                    help="pipelined approach, while evaluations are outstanding: one request per "
                         "layer and minibatch with a SHORT-row evaluation filler behind each but "
-                        "the last layer's and a LONG-row one behind it (default: "
-                        "labd.train.pipeline.filler_sizes, 2 and 8 here)")
-    p.add_argument("--no-wide", action="store_true",
-                   help="pipelined approach: always --chunks requests per layer and minibatch, "
-                        "evaluation fillers of --eval-chunk rows (the previous scheduling)")
+                        "the last layer's and a LONG-row one behind it (--wide SHORT LONG; "
+                        "--wide alone: labd.train.pipeline.filler_sizes, 2 and 8 here). Default: "
+                        "--chunks requests per layer and minibatch, fillers of --eval-chunk rows "
+                        "(measured better since the daemon hands replies over during the next "
+                        "request's shots, docs/performance.md)")
     p.add_argument("--quick", action="store_true", help="one epoch each (a smoke test)")
 
 
@@ -101,7 +101,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     figures = measure_duty(1 if args.quick else args.epochs, args.chunks, args.shot_s,
                            eval_chunk=args.eval_chunk, batched=not args.unbatched,
                            jacobians={"auto": None, "on": True, "off": False}[args.jacobians],
-                           wide=False if args.no_wide else tuple(args.wide or ()) or None)
+                           wide=False if args.wide is None else tuple(args.wide) or None)
     for name in APPROACHES:
         f = figures[name]
         steps = (f"   steps alone {100 * f['steps_duty_cycle']:5.1f}%"
@@ -308,16 +308,18 @@ APPROACHES = ("reference", "labd_sync", "labd_pipelined", "labd_pipelined_steps"
 def measure_duty(epochs: int = 5, chunks: int = 2, shot_s: float = 0.001,
                  seed: int = 0, eval_chunk: int | None = None, stale_chunks: int = 1,
                  batched: bool = True, jacobians: bool | None = None,
-                 wide: tuple[int, int] | bool | None = None) -> dict[str, Any]:
+                 wide: tuple[int, ...] | bool | None = False) -> dict[str, Any]:
     """Duty cycles of the approaches (module docstring). ``wide``: ``Pipeline(wide=...)``
-    sizes, ``None`` for ``filler_sizes``, ``False`` for none."""
+    sizes, ``None`` for ``filler_sizes``, ``False`` (default) for none."""
     torch.set_num_threads(1)
     data = load_task("vowels", None, None)
     arch = default_arch("vowels", SYSTEM)
     if wide is None:
         wide = filler_sizes(len(data.y_test), arch.depth,
                             -(-len(data.y_train) // arch.batch_size))
-    wide_sizes = None if wide is False or wide is True else tuple(wide)
+    if wide is not False and wide is not True and len(wide) != 2:
+        raise ValueError(f"--wide takes two sizes (SHORT LONG) or none, got {list(wide)}")
+    wide_sizes = None if wide is False or wide is True else (int(wide[0]), int(wide[1]))
     chunk = -(-arch.batch_size // chunks)  # rows per request
     eval_chunk = eval_chunk or chunk
     stale_chunk = -(-arch.batch_size // stale_chunks)

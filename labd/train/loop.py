@@ -23,10 +23,10 @@ Pipelined PAT (``LoopConfig.pipeline``, the default): in ``pat`` mode, when ever
 layer's client can ``submit`` and collect ``result``s (``LabClient``), the training steps and the
 per-epoch test evaluation run through ``labd.train.pipeline.Pipeline``: the test evaluation of
 epoch ``k`` (of a frozen copy of the network as it was after epoch ``k``) is measured in the
-gaps the steps of epoch ``k + 1`` leave (one request per layer and minibatch, an evaluation
-filler behind each: ``wide``), the rest back to back at its end, the last epoch's at once; with
-no evaluation to fill with (the first epoch), each minibatch is cut into ``chunks`` requests per
-layer that flow through the layers as a wavefront while the model's work is done. The same
+gaps the steps of epoch ``k + 1`` leave, the rest back to back at its end, the last epoch's at
+once; each minibatch is cut into ``chunks`` requests per layer that flow through the layers as a
+wavefront while the model's work is done (``wide``: while fillers are left, one request per
+layer with a filler behind each instead). The same
 algorithm as the plain loop: the same gradients, losses, scores and optimiser steps, the same
 evaluation (of the same parameters), the same shots, the same metrics; only the instrument
 idles less. (With twin refinement the
@@ -80,8 +80,10 @@ class LoopConfig:
     #: requests each minibatch is cut into per physical layer when pipelined (first epoch)
     chunks: int = 2
     #: pipelined, while an evaluation is outstanding: one request per layer and minibatch with
-    #: evaluation fillers between them (``Pipeline(wide=...)``); False: ``chunks`` always
-    wide: bool = True
+    #: evaluation fillers between them (``Pipeline(wide=...)``, ``filler_sizes``); default:
+    #: ``chunks`` always (measured better with the daemon's reply hand-over during the next
+    #: request's shots, and robust to load: docs/performance.md)
+    wide: bool = False
 
 
 @dataclass
