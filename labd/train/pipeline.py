@@ -319,7 +319,8 @@ class Pipeline:
     load) leave the instrument idle. ``jacobians`` (batched): per-row Jacobians of the model
     (``JacobianPoint``) instead of its graph, so that the backward pass after the last reply
     is cheap; ``None`` (default): in steps with no filler to cover that backward pass (the
-    first epoch), for layers of at most ``JACOBIAN_OUTPUTS`` outputs.
+    first epoch), for layers of at most ``JACOBIAN_OUTPUTS`` outputs, and not for a model
+    whose Jacobian failed once (a custom autograd function that ``vmap`` cannot batch).
     """
 
     def __init__(self, net: PhysicalNetwork,
@@ -339,6 +340,7 @@ class Pipeline:
         self.fillers: deque[_EvalFlow] = deque()  # evaluation chunks with a request to send
         self._frozen_pool: list[PhysicalNetwork] = []  # copies of finished evaluations
         self._frozen_made = 0
+        self._no_jacobians: set[int] = set()  # models whose Jacobians failed (automatic mode)
         self.instrument_s = 0.0
 
     # -- evaluation -----------------------------------------------------------------------
@@ -555,8 +557,13 @@ class Pipeline:
 
     def _point(self, layer: PhysicalLayer, x: torch.Tensor, theta: torch.Tensor,
                jacobians: bool) -> ModelPoint | JacobianPoint:
-        if jacobians:
-            return JacobianPoint.of(layer, x, theta)
+        if jacobians and id(layer.model) not in self._no_jacobians:
+            try:
+                return JacobianPoint.of(layer, x, theta)
+            except RuntimeError:  # e.g. a custom autograd function vmap cannot batch
+                if self.jacobians:  # asked for explicitly
+                    raise
+                self._no_jacobians.add(id(layer.model))
         return ModelPoint.of(layer, x, theta)
 
     def _segments(self) -> tuple[list[PhysicalLayer], list[list[torch.nn.Module]]]:

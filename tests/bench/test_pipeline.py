@@ -234,3 +234,27 @@ def test_drained_evaluation_is_measured_in_two_chunks(wide: tuple[int, int] | No
     pipe.drain()
     assert hw.requests - before == 2 * len(net.physical_layers())
     torch.testing.assert_close(evaluation.scores, expected, rtol=1e-5, atol=1e-6)
+
+
+
+def test_automatic_jacobians_fall_back_to_the_models_backward() -> None:
+    """``jacobians=None``: a model whose Jacobian ``vmap`` cannot batch (the oscillator's
+    numpy adjoint) gets its own backward pass (``ModelPoint``), and is not tried again; asked
+    for explicitly (``jacobians=True``), the failure shows."""
+    from labd.train.layers import PhysicalLayer
+    from labd.train.pipeline import JacobianPoint, ModelPoint
+
+    description = PhysicalSystem.from_config(
+        "oscillator", load_config().systems["oscillator"]).describe()
+    layer = PhysicalLayer(description, nominal_model(description))
+    x = torch.rand(2, layer.input_dim)
+    theta = layer.theta()[0].detach()
+    net, _ = vowel_network()
+    pipe = Pipeline(net, nn.CrossEntropyLoss(reduction="sum"), 11)
+    point = pipe._point(layer, x, theta, True)
+    assert isinstance(point, ModelPoint) and id(layer.model) in pipe._no_jacobians
+    assert isinstance(pipe._point(net.physical_layers()[0], torch.rand(3, 12),
+                                  torch.rand(38), True), JacobianPoint)
+    with pytest.raises(RuntimeError):
+        Pipeline(net, nn.CrossEntropyLoss(reduction="sum"), 11, jacobians=True)._point(
+            layer, x, theta, True)
