@@ -15,8 +15,9 @@ Contract:
 * Retryable errors and lost replies are retried up to ``retries`` times with the *same* request
   ``id``, with a short backoff: the daemon answers a repeated ``id`` from its reply cache, so a
   retry never measures twice. When the connection drops (the daemon restarted), requests in
-  flight are sent again as soon as the link is back, without waiting for the timeout.
-* A daemon that refuses this client's CURVE key raises ``Unauthorized`` at once.
+  flight are sent again once the link is back (checked every 50 ms), without waiting for the
+  timeout.
+* A daemon that refuses this client's CURVE key raises ``Unauthorized`` (within 50 ms).
 * Arrays given to ``submit``/``forward`` are sent without copying: do not modify them until
   the reply has arrived.
 """
@@ -35,7 +36,6 @@ from typing import Any
 import numpy as np
 import zmq
 import zmq.auth
-from zmq.backend import zmq_poll
 from zmq.utils.monitor import recv_monitor_message
 
 from protocols.frames import Reply, decode_reply, encode, encode_forward
@@ -103,7 +103,9 @@ class ReplyTimeout(LabError):
     code = "timeout"
 
 
-POLLIN = int(zmq.POLLIN)
+#: A client waiting for a reply looks at its connection's events after this long without one
+#: (milliseconds): a dropped link's requests are sent again at most this late once it is back.
+LINK_CHECK_MS = 50
 #: Connection events the client watches: a dropped link, a new one, a refused handshake.
 LINK_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
                | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
@@ -149,8 +151,8 @@ class LabClient:
             sock.curve_serverkey = self._curve["server_key"]
             sock.curve_publickey = self._curve["public_key"]
             sock.curve_secretkey = self._curve["secret_key"]
+        sock.setsockopt(zmq.RCVTIMEO, LINK_CHECK_MS)
         self._monitor = sock.get_monitor_socket(LINK_EVENTS)
-        self._poll_items = [(sock, POLLIN), (self._monitor, POLLIN)]
         self._link_lost = False
         sock.connect(self.endpoint)
         self._socket = sock
@@ -237,22 +239,21 @@ class LabClient:
 
     def _receive(self, rid: str, timeout: float) -> tuple[Reply, dict[str, np.ndarray]]:
         """Receive replies until the one to ``rid`` comes (others wait in ``_arrived`` for
-        their own ``wait``), handling link events meanwhile."""
+        their own ``wait``). A blocking receive, not a poll of two sockets: the connection's
+        events are looked at whenever nothing came for ``LINK_CHECK_MS``."""
         sock = self._socket
         assert sock is not None
         deadline = time.monotonic() + timeout
         while True:
-            # one zmq_poll on both sockets, without building the Poller's dict
-            ready = zmq_poll(self._poll_items, max(1, int((deadline - time.monotonic()) * 1000)))
-            if not ready:
-                raise ReplyTimeout(f"no reply to {rid} from {self.endpoint} within "
-                                   f"{timeout:g} s", retryable=True)
-            if len(ready) == 2 or ready[0][0] is self._monitor:
-                if self._on_link_event():
+            try:
+                frames = recv_frames(sock)
+            except zmq.Again:
+                if self._link_events():
                     deadline = time.monotonic() + timeout  # sent again: a fresh timeout
-                if len(ready) == 1:
-                    continue
-            frames = recv_frames(sock)
+                elif time.monotonic() > deadline:
+                    raise ReplyTimeout(f"no reply to {rid} from {self.endpoint} within "
+                                       f"{timeout:g} s", retryable=True) from None
+                continue
             header, arrays = decode_reply(frames[1:] if not len(frames[0]) else frames)
             got = header.id
             if self._pending.pop(got, None) is None:
@@ -260,6 +261,13 @@ class LabClient:
             if got == rid:
                 return header, arrays
             self._arrived[got] = (header, arrays)
+
+    def _link_events(self) -> bool:
+        """Handle the connection's waiting events; True when requests were sent again."""
+        resent = False
+        while self._monitor.poll(0):
+            resent = self._on_link_event() or resent
+        return resent
 
     def call(self, op: str, fields: dict[str, Any] | None = None,
              arrays: tuple[tuple[str, np.ndarray], ...] = ()
