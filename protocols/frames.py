@@ -147,16 +147,28 @@ def _frame(a: np.ndarray) -> Buffer:
     return memoryview(a).cast("B") if a.size else b""
 
 
+#: The header text after the ``id`` of forward requests, by system, dtypes and shapes: a
+#: client sends the same few again and again (bounded: a caller cannot grow it without limit).
+_FORWARD_TAILS: dict[tuple[Any, ...], bytes] = {}
+_FORWARD_HEAD = f'{{"v":{VERSION},"id":'.encode()
+
+
 def encode_forward(request_id: str, system: str, x: np.ndarray, theta: np.ndarray,
                    delimiter: bool = False) -> list[Buffer]:
     """The frames of a ``forward`` request: ``encode({"v", "id", "op": "forward", "system"},
     [("x", x), ("theta", theta)])``, after an empty delimiter frame if ``delimiter``."""
     x, theta = _as_le_contiguous(x), _as_le_contiguous(theta)
-    head = (f'{{"v":{VERSION},"id":{_json_str(request_id)},"op":"forward","system":'
-            f'{_json_str(system)},"arrays":[{_spec_json("x", x)},{_spec_json("theta", theta)}]}}')
+    key = (system, x.dtype, x.shape, theta.dtype, theta.shape)
+    tail = _FORWARD_TAILS.get(key)
+    if tail is None:
+        tail = (f',"op":"forward","system":{_json_str(system)},"arrays":['
+                f'{_spec_json("x", x)},{_spec_json("theta", theta)}]}}').encode()
+        if len(_FORWARD_TAILS) < 1024:
+            _FORWARD_TAILS[key] = tail
+    head = _FORWARD_HEAD + _json_str(request_id).encode() + tail
     if delimiter:
-        return [b"", head.encode(), _frame(x), _frame(theta)]
-    return [head.encode(), _frame(x), _frame(theta)]
+        return [b"", head, _frame(x), _frame(theta)]
+    return [head, _frame(x), _frame(theta)]
 
 
 def forward_reply(request_id: str, seq: int, elapsed_s: float, y: np.ndarray) -> list[Buffer]:
