@@ -92,6 +92,8 @@ def measure_overhead(round_trips: int = 300, dim: int = 65536, clients: int = 1,
             for t in threads:
                 t.join()
         store_bytes = store.stat().st_size
+        blobs = store.with_name(store.name + ".labd-blobs")  # labd.store.segments
+        blob_bytes = sum(f.stat().st_size for f in blobs.glob("*.seg")) if blobs.is_dir() else 0
     without, with_ = statistics.median(times[0]), statistics.median(times[1])
     return {
         "dim": dim, "payload_bytes_per_array": dim * 4, "clients": clients,
@@ -102,5 +104,6 @@ def measure_overhead(round_trips: int = 300, dim: int = 65536, clients: int = 1,
         "p90_with_s": float(np.percentile(times[1], 90)),
         "ratio": with_ / without,
         "ratio_mean": statistics.fmean(times[1]) / statistics.fmean(times[0]),
-        "store_file_bytes": store_bytes,
+        "store_file_bytes": store_bytes,  # the SQLite file (metadata)
+        "store_blob_bytes": blob_bytes,  # its segment files (the arrays)
     }

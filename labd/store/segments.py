@@ -187,8 +187,9 @@ class SegmentReader:
                 with open(path, "rb") as fh:
                     m = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             except FileNotFoundError:
-                raise FileNotFoundError(f"{path} is gone: its measurements were pruned while "
-                                        f"being read") from None
+                raise FileNotFoundError(f"{path} is missing: pruned while being read, or the "
+                                        f"store was copied without its {self.directory.name} "
+                                        f"directory") from None
             if len(m) < end:
                 raise OSError(f"{path} holds {len(m)} bytes; the store refers to {end}")
             self._maps[segment] = m

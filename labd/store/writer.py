@@ -57,6 +57,8 @@ Contract:
 * ``reserve(system, seq, rows)``: the same for a measurement of an unrecorded system: only the
   high-water mark and the system's unrecorded counts are committed.
 * One process writes a store at a time: the ring is locked (``StoreError`` otherwise).
+* A store is three things side by side: ``<path>`` (SQLite), ``<path>.labd-blobs/`` (the
+  arrays) and ``<path>.labd-ring``; copy the first two together (with no daemon writing).
 * Growth: with ``max_age_days`` measurements received earlier are deleted; with ``max_bytes``
   the oldest measurements are deleted until the database's used pages and the segments fit.
   **Pruning deletes data.** It runs in the writer thread at start and every
