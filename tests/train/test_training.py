@@ -200,3 +200,38 @@ def test_pipelined_training_equals_the_plain_loop(daemon: LocalDaemon, tmp_path:
             for name in ("plain", "piped")]
     for key in nets[0]:
         torch.testing.assert_close(nets[1][key], nets[0][key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_pipelined_steps_retry_instrument_faults(tmp_path: Path) -> None:
+    """A retryable failure (here a garbled trace, 20% of requests) is sent again as
+    ``LabClient.measure`` does, not raised: the pipelined steps complete, each shot counted
+    once."""
+    import torch
+    from torch import nn
+
+    from drivers.physics.nominal import nominal_model
+    from labd.config import default_config_text
+    from labd.train.arch import build_network
+    from labd.train.datasets import load_task
+    from labd.train.hardware import Hardware
+    from labd.train.pipeline import Pipeline
+
+    spectrometer = 'detector = { driver = "sim.spectrometer" }'
+    assert spectrometer in default_config_text()
+    config = tmp_path / "faulty.toml"
+    config.write_text(default_config_text().replace(
+        spectrometer, 'detector = { driver = "sim.spectrometer", faults = { garbage = 0.2 } }'))
+    data = load_task("vowels", None, None)
+    arch = default_arch("vowels", "shg")
+    with LocalDaemon(config=config) as d, LabClient(d.endpoint) as client:
+        hw = Hardware(client, "shg", d.endpoint)
+        net = build_network(arch, data.n_features, data.n_classes,
+                            [(hw.description, nominal_model(hw.description), hw)] * arch.depth)
+        pipe = Pipeline(net, nn.CrossEntropyLoss(reduction="sum"), 11)
+        for i in range(0, 105, 21):
+            step = pipe.step(torch.from_numpy(data.x_train[i:i + 21]),
+                             torch.from_numpy(data.y_train[i:i + 21]))
+            assert step.scores.shape == (21, data.n_classes)
+        errors = client.status()["systems"]["shg"]["errors"]
+    assert errors > 0, "no fault was injected"
+    assert hw.queries == 5 * 21 * arch.depth
