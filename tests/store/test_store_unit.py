@@ -3,6 +3,7 @@ high-water mark, schema upgrades, pruning, and the reader's filters and streamin
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -371,3 +372,26 @@ def test_uncommitted_segment_bytes_are_cut_off(tmp_path: Path) -> None:
         recs = list(reader.records())
     assert [r.seq for r in recs] == [0, 2, 4]
     np.testing.assert_array_equal(recs[1].y, sent[1].y)
+
+
+def test_rows_whose_arrays_a_power_loss_took_are_dropped(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    """A segment shorter than SQLite committed (its last bytes never reached the disk) loses
+    the measurements that refer past its end, with an error in the log; the rest reads back."""
+    path = tmp_path / "m.sqlite"
+    store = open_store(path)
+    sent = [measurement(2 * k) for k in range(3)]
+    for m in sent:
+        store.record(m)
+    store.close()
+    (segment,) = segment_files(blobs_dir(path)).values()
+    os.truncate(segment, segment.stat().st_size - 4)  # the last y's last float
+    store = open_store(path)
+    store.record(measurement(6))
+    store.close()
+    assert "lost their arrays" in caplog.text
+    with StoreReader(path) as reader:
+        recs = list(reader.records())
+    assert [r.seq for r in recs] == [0, 2, 6]
+    np.testing.assert_array_equal(recs[1].x, sent[1].x)
