@@ -13,10 +13,13 @@ evaluated on the hardware (test accuracy, the whole test set) after every epoch:
   disabled), one synchronous ``forward`` per physical layer and minibatch, as ``Trainer``;
 * ``labd_pipelined``: the same training through the same daemon with
   ``labd.train.pipeline.Pipeline`` (each minibatch cut into ``--chunks`` requests per layer,
-  in a wavefront, each chunk's backward pass overlapping the measurement of the others; the
+  in a wavefront, the model evaluated at each layer's rows while they are measured; the
   evaluations, of a frozen copy of the network, measured as fillers in the gaps each step
-  leaves, the rest sent back to back at the end). The same algorithm as the plain loop
-  (the gradients are equal, tested): this is the headline ``duty_cycle``;
+  leaves, the rest sent back to back at the end; in steps no evaluation fills, the first
+  epoch, the model's Jacobians computed while measuring so that the backward pass after the
+  last reply is cheap; ``--wide``: one request per layer and minibatch with fillers between).
+  The same algorithm as the plain loop (the gradients are equal, tested): this is the
+  headline ``duty_cycle``;
 * ``labd_stale``: ``Pipeline.train_epoch``, two whole minibatches in flight, gradients one
   step stale: a *different* algorithm (delayed-gradient Adam), which trains to a worse loss
   at this learning rate (``docs/performance.md``); reported for comparison only;
