@@ -58,8 +58,10 @@ def run_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"store {info['path']}: {info['database_bytes'] / 2**20:.1f} MiB, schema "
-          f"v{info['schema_version']}, next seq {info['next_seq']}")
+    print(f"store {info['path']}: {info['store_bytes'] / 2**20:.1f} MiB (database "
+          f"{info['database_bytes'] / 2**20:.1f} MiB, array segments "
+          f"{info['blob_bytes'] / 2**20:.1f} MiB), schema v{info['schema_version']}, next seq "
+          f"{info['next_seq']}")
     print(f"{'system':<16} {'measurements':>12} {'rows':>10} {'MiB':>10}  first .. last")
     for name, s in info["systems"].items():
         print(f"{name:<16} {s['measurements']:>12} {s['rows']:>10} {s['bytes'] / 2**20:>10.2f}"

@@ -161,6 +161,7 @@ def test_data_info_and_export(tmp_path: Path, config: Path) -> None:
     assert info["systems"]["worker"]["rows"] == sum(len(s[1]) for s in sent)
     text = labd("data", "info", "--store", str(store))
     assert text.returncode == 0 and "worker" in text.stdout and "runs: 1" in text.stdout
+    assert "array segments" in text.stdout  # the store's size counts its segment files
     out = tmp_path / "worker.npz"
     done = labd("data", "export", "--store", str(store), "--system", "worker", "--since",
                 "2000-01-01T00:00:00", "--out", str(out))
