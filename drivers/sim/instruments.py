@@ -20,75 +20,70 @@ from drivers.sim.bench import Bench
 from drivers.sim.faults import FaultInjector
 
 
-class SimDrive(Drive):
-    def __init__(self, name: str, channels: int, limits: tuple[float, float],
-                 bench: Bench, faults: dict[str, Any] | None = None) -> None:
-        super().__init__(name, channels, limits)
+class _OnBench:
+    """What the simulated drive and detector share: the bench, the injected faults, the link."""
+
+    name: str
+    is_open: bool
+
+    def _attach(self, bench: Bench, faults: dict[str, Any] | None) -> None:
         self.bench = bench
         self.faults = FaultInjector(**{"seed": bench.seed, **(faults or {})})
-        if self.faults.garbage:
-            raise ValueError(f"{name}: a drive returns nothing to garble; its faults are "
-                             f"timeout, disconnect and slow")
         self._link_down = False
 
     def open(self) -> None:
         self._link_down = False
-        super().open()
+        super().open()  # type: ignore[misc]
 
     def identify(self) -> str:
         return f"labd,{type(self).__name__},{type(self.bench).__name__} seed {self.bench.seed}"
 
-    def _output(self, patterns: np.ndarray) -> None:
+    def _call(self, command: str) -> str | None:
+        """Check the link and draw this call's fault: raise for a closed instrument, a dropped
+        link or a hang, sleep through a slow call; return the fault drawn (the caller garbles
+        its own reply)."""
         if not self.is_open:
-            raise InstrumentError(self.name, "not open", "output")
+            raise InstrumentError(self.name, "not open", command)
         if self._link_down:
-            raise InstrumentError(self.name, "no answer: the link is down", "output")
+            raise InstrumentError(self.name, "no answer: the link is down", command)
         fault = self.faults.draw()
         if fault == "disconnect":
             self._link_down = True
-            raise InstrumentError(self.name, "connection lost (injected)", "output")
+            raise InstrumentError(self.name, "connection lost (injected)", command)
         if fault == "timeout":
             time.sleep(self.faults.hang_s)
             raise InstrumentError(self.name, f"timed out after {self.faults.hang_s:g} s "
-                                  "(injected)", "output")
+                                  "(injected)", command)
         if fault == "slow":
             time.sleep(self.faults.slow_s)
+        return fault
+
+
+class SimDrive(_OnBench, Drive):
+    def __init__(self, name: str, channels: int, limits: tuple[float, float],
+                 bench: Bench, faults: dict[str, Any] | None = None) -> None:
+        super().__init__(name, channels, limits)
+        self._attach(bench, faults)
+        if self.faults.garbage:
+            raise ValueError(f"{name}: a drive returns nothing to garble; its faults are "
+                             f"timeout, disconnect and slow")
+
+    def _output(self, patterns: np.ndarray) -> None:
+        self._call("output")
         self.bench.load(patterns)
 
 
-class SimDetector(Detector):
+class SimDetector(_OnBench, Detector):
     def __init__(self, name: str, samples: int, bench: Bench,
                  faults: dict[str, Any] | None = None) -> None:
         super().__init__(name, samples)
         if samples != bench.samples:
             raise ValueError(f"{name}: the bench produces {bench.samples} samples per shot, "
                              f"configured {samples}")
-        self.bench = bench
-        self.faults = FaultInjector(**{"seed": bench.seed, **(faults or {})})
-        self._link_down = False
-
-    def open(self) -> None:
-        self._link_down = False
-        super().open()
-
-    def identify(self) -> str:
-        return f"labd,{type(self).__name__},{type(self.bench).__name__} seed {self.bench.seed}"
+        self._attach(bench, faults)
 
     def read(self) -> np.ndarray:
-        if not self.is_open:
-            raise InstrumentError(self.name, "not open", "read")
-        if self._link_down:
-            raise InstrumentError(self.name, "no answer: the link is down", "read")
-        fault = self.faults.draw()
-        if fault == "disconnect":
-            self._link_down = True
-            raise InstrumentError(self.name, "connection lost (injected)", "read")
-        if fault == "timeout":
-            time.sleep(self.faults.hang_s)
-            raise InstrumentError(self.name, f"timed out after {self.faults.hang_s:g} s "
-                                  "(injected)", "read")
-        if fault == "slow":
-            time.sleep(self.faults.slow_s)
+        fault = self._call("read")
         trace = self.bench.measure()
         return self.faults.garble(trace) if fault == "garbage" else trace
 
