@@ -219,7 +219,8 @@ class LabClient:
 
     def _send_forward(self, system: str, x: np.ndarray, theta: np.ndarray,
                       request_id: str | None = None) -> str:
-        """``send("forward", {"system": system}, self._arrays(x, theta))``, framed directly."""
+        """``send("forward", {"system": system}, (("x", x), ("theta", theta)))``, framed
+        directly."""
         rid = request_id or self._new_id()
         return self._send_frames(rid, encode_forward(rid, system, x, theta, delimiter=True))
 
@@ -309,11 +310,6 @@ class LabClient:
     def status(self) -> dict[str, Any]:
         header, _ = self.call("status")
         return header.model_dump(exclude={"v", "id", "ok", "error", "arrays"})
-
-    @staticmethod
-    def _arrays(x: np.ndarray, theta: np.ndarray) -> tuple[tuple[str, np.ndarray], ...]:
-        return (("x", np.ascontiguousarray(x, dtype=np.float32)),
-                ("theta", np.ascontiguousarray(theta, dtype=np.float32)))
 
     def measure(self, system: str, x: np.ndarray, theta: np.ndarray) -> ForwardResult:
         """One physical forward pass: ``y``, the first row's ``seq`` and the instrument time."""

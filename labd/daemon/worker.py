@@ -172,7 +172,7 @@ class SystemWorker(threading.Thread):
             self._reopen()
             while not self.abandoned:
                 job = self.jobs.get()
-                if job is None or self._stopping or self.faulted:
+                if self._stopping or self.faulted:  # (a stop marker: flushed after the loop)
                     self._flush()
                 if job is None:
                     break
@@ -219,11 +219,10 @@ class SystemWorker(threading.Thread):
         kind = b"error" if isinstance(result, SystemFault) else b"forward"
         message = pipe_message(kind, job, finish_job(self.system, job, result, self._sequence,
                                                      self._recorder))
-        if self.jobs.empty():
-            self._push.send_multipart(message, copy=False)
-        else:  # hand it over while the next job's shots run
-            with self._lock:
-                self._pending = message
+        with self._lock:
+            self._pending = message
+        if self.jobs.empty():  # else it is handed over while the next job's shots run
+            self._flush()
 
     def _flush(self) -> None:
         """Hand the pending reply, if any, to the server thread."""
