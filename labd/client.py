@@ -9,6 +9,8 @@ Contract:
   the received frame); ``measure(...)`` also returns ``seq`` and ``elapsed_s``.
 * ``submit(...)`` sends a forward without waiting and returns its request id; ``result(id)``
   waits for that reply. Several requests may be in flight; replies are matched by ``id``.
+  ``result(id, retry=True)`` retries as ``measure`` does (below): the client keeps each
+  submitted request until its ``result`` is taken, to send it again with the same id.
 * Errors are raised as ``LabError`` subclasses named after the protocol's codes, carrying
   ``code``, ``message`` and ``retryable``. A request whose reply does not come within
   ``timeout_s`` raises ``ReplyTimeout`` (retryable).
@@ -135,6 +137,7 @@ class LabClient:
         self._socket: zmq.Socket | None = None
         self._pending: dict[str, list[Any]] = {}  # id -> request frames (to send again)
         self._arrived: dict[str, tuple[Reply, dict[str, np.ndarray]]] = {}
+        self._submitted: dict[str, list[Any]] = {}  # id -> submitted frames, until result()
         # Request ids: 64 random bits per client and a counter (a uuid4 per request costs
         # microseconds; under CURVE several clients share a key name, hence the random part).
         self._id_prefix = os.urandom(8).hex()
@@ -216,13 +219,6 @@ class LabClient:
         send_frames(self._socket, frames)
         self._pending[rid] = frames
         return rid
-
-    def _send_forward(self, system: str, x: np.ndarray, theta: np.ndarray,
-                      request_id: str | None = None) -> str:
-        """``send("forward", {"system": system}, (("x", x), ("theta", theta)))``, framed
-        directly."""
-        rid = request_id or self._new_id()
-        return self._send_frames(rid, encode_forward(rid, system, x, theta, delimiter=True))
 
     def wait(self, rid: str, timeout_s: float | None = None
              ) -> tuple[Reply, dict[str, np.ndarray]]:
@@ -312,26 +308,42 @@ class LabClient:
         return header.model_dump(exclude={"v", "id", "ok", "error", "arrays"})
 
     def measure(self, system: str, x: np.ndarray, theta: np.ndarray) -> ForwardResult:
-        """One physical forward pass: ``y``, the first row's ``seq`` and the instrument time."""
+        """One physical forward pass: ``y``, the first row's ``seq`` and the instrument time
+        (retried: ``result(submit(...), retry=True)``)."""
         x, theta = np.ascontiguousarray(x, np.float32), np.ascontiguousarray(theta, np.float32)
-        rid = self._send_forward(system, x, theta)
-        try:
-            header, arrays = self.wait(rid)
-        except LabError as exc:  # the first attempt failed: retry it when it may succeed
-            header, arrays = self._retrying(rid, lambda r: self._send_forward(
-                system, x, theta, request_id=r), exc)
-        return _forward_result(header, arrays)
+        return self.result(self.submit(system, x, theta), retry=True)
 
     def forward(self, system: str, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
         """``y = f_physical(x, theta)`` measured on ``system``: float32 ``[B, output_dim]``."""
         return self.measure(system, x, theta).y
 
     def submit(self, system: str, x: np.ndarray, theta: np.ndarray) -> str:
-        """Send a forward request without waiting; collect it with ``result(id)``."""
-        return self._send_forward(system, x, theta)
+        """Send a forward request (``send("forward", {"system": system}, (("x", x), ("theta",
+        theta)))``, framed directly) without waiting; collect it with ``result(id)``. The
+        request is kept until then (for a retry)."""
+        rid = self._new_id()
+        frames = encode_forward(rid, system, x, theta, delimiter=True)
+        self._submitted[rid] = frames
+        return self._send_frames(rid, frames)
 
-    def result(self, rid: str) -> ForwardResult:
-        header, arrays = self.wait(rid)
+    def result(self, rid: str, retry: bool = False) -> ForwardResult:
+        """Wait for the reply to ``submit``'s request ``rid``: ``y``, ``seq``, ``elapsed_s``.
+
+        ``retry=False``: an error reply or a timeout raises at once. ``retry=True``: a retryable
+        failure (instrument fault, busy, ``ReplyTimeout``) sends the kept request again with
+        the same id, up to ``retries`` times with backoff, as ``measure`` does (the daemon
+        answers a repeat from its reply cache: never measured twice). Either way the request
+        is forgotten once this returns or raises; ``rid`` must come from ``submit`` when
+        ``retry`` (``KeyError`` otherwise)."""
+        frames = self._submitted.pop(rid, None)
+        if retry and frames is None:
+            raise KeyError(f"{rid!r} is no request of submit() awaiting its result")
+        try:
+            header, arrays = self.wait(rid)
+        except LabError as exc:  # the first attempt failed: retry it when it may succeed
+            if not retry:
+                raise
+            header, arrays = self._retrying(rid, lambda r: self._send_frames(r, frames), exc)
         return _forward_result(header, arrays)
 
 

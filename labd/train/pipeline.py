@@ -48,8 +48,9 @@ backward (digital model) for one minibatch and leaves the gradients in the param
 caller zeroes them before and steps the optimiser after) and returns a ``Step``: the
 minibatch's mean loss, its scores (detached) and the instrument seconds its replies reported
 (``elapsed_s``). Every physical layer needs ``hardware.client`` with ``submit(system, x, theta)
--> id`` and ``result(id) -> ForwardResult`` (``LabClient``); inputs are clipped into range and
-shots counted in ``hardware.queries`` as ``Hardware.forward`` does.
+-> id`` and ``result(id, retry=True) -> ForwardResult`` (``LabClient``: retryable failures are
+sent again with the same id, as ``measure`` does); inputs are clipped into range and shots
+counted in ``hardware.queries`` as ``Hardware.forward`` does.
 """
 
 from __future__ import annotations
@@ -183,22 +184,6 @@ def _send(layer: PhysicalLayer, rows: torch.Tensor, theta: torch.Tensor
     hw.queries += int(xn.shape[0])
     hw.requests += 1
     return xn, tn, rid
-
-
-def _result(hw: Any, entry: _InFlight) -> Any:
-    """The reply to ``entry``, retried as ``LabClient.measure`` retries (a retryable failure,
-    e.g. an instrument fault or a timeout, sends the request again with the same id, so a
-    measurement whose reply was lost is answered from the daemon's cache); a client without
-    that machinery (a test double) answers ``result`` directly."""
-    client = hw.client
-    retrying = getattr(client, "_retrying", None)
-    if retrying is None:
-        return client.result(entry.rid)
-    from labd.client import _forward_result
-
-    header, arrays = retrying(entry.rid, lambda rid: client._send_forward(
-        hw.system, entry.xn, entry.tn, request_id=rid))
-    return _forward_result(header, arrays)
 
 
 def _eval_forward(net: PhysicalNetwork, x: torch.Tensor
@@ -463,7 +448,7 @@ class Pipeline:
         entry = self.inflight.popleft()
         hw = entry.layer.hardware
         assert hw is not None
-        result = _result(hw, entry)
+        result = hw.client.result(entry.rid, retry=True)  # retried as ``measure`` is
         self.instrument_s += result.elapsed_s
         y = torch.from_numpy(np.array(result.y, dtype=np.float32))
         if isinstance(entry.owner, _EvalFlow):

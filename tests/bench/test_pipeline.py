@@ -42,7 +42,7 @@ class Deterministic:
         self.pending[rid] = self.forward(system, x, theta)
         return rid
 
-    def result(self, rid: str) -> ForwardResult:
+    def result(self, rid: str, retry: bool = False) -> ForwardResult:
         return ForwardResult(y=self.pending[rid], seq=0, elapsed_s=0.001)
 
 

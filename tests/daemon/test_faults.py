@@ -72,6 +72,34 @@ def test_client_retries_ride_through_faults(faulty):
             np.testing.assert_allclose(client.forward("flaky", X, T), X + T)
 
 
+def test_result_with_retry_sends_a_submitted_request_again(faulty):
+    """``result(rid, retry=True)`` sends a submitted request that failed retryably again with
+    its id (40 in flight, collected in reverse order, so most replies arrive before their
+    ``result`` call), each measured successfully once; ``result(rid)`` raises instead."""
+    with LabClient(faulty.endpoint, timeout_s=10, retries=8) as client:
+        before = client.status()["systems"]["flaky"]
+        xs = [np.full((2, 3), 0.01 * i, F4) for i in range(40)]
+        ids = [client.submit("flaky", x, T) for x in xs]
+        for rid, x in reversed(list(zip(ids, xs, strict=True))):
+            result = client.result(rid, retry=True)
+            np.testing.assert_allclose(result.y, x + T)
+            assert result.elapsed_s >= 0
+        after = client.status()["systems"]["flaky"]
+        assert after["served"] == before["served"] + 40
+        assert after["errors"] > before["errors"], "no fault was injected"
+        assert not client._submitted and not client._pending  # nothing kept after result()
+        failed = 0
+        for _ in range(60):
+            try:
+                client.result(client.submit("flaky", X, T))
+            except InstrumentFault as exc:
+                assert exc.retryable
+                failed += 1
+        assert failed > 0
+        with pytest.raises(KeyError):
+            client.result("never-submitted", retry=True)
+
+
 def test_watchdog_abandons_a_hung_call_without_freezing_the_daemon(faulty):
     hung, other = RawClient(faulty.endpoint), RawClient(faulty.endpoint)
     events = zmq.Context.instance().socket(zmq.SUB)
