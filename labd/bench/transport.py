@@ -8,6 +8,12 @@ send, daemon checks and measures, reply, decode) and one raw round trip (a DEALE
 same bytes as ``x`` and ``theta`` in two frames, waiting for the ``y``-sized reply), so drift of
 a noisy machine hits both alike. ``ratio`` is labd's median over the raw median.
 
+A second echo, ``reqrep``, is the issue's baseline as worded: a pyzmq REP socket that sends
+every received message back as it came (``x`` and ``theta``, so twice ``y``'s bytes on the way
+back), both ends with pyzmq's own ``send_multipart`` / ``recv_multipart``; it moves more bytes
+and spends more Python than the tight echo, so ``reqrep_ratio`` (labd over it) is the lenient
+figure and ``ratio`` the strict one.
+
 A third server in a third subprocess, the *floor*, shows what any Python daemon must pay on
 top of the raw echo: the least work a forward takes in Python with numpy (parse the JSON
 header, view the arrays, check ``x`` and ``theta`` against their ranges, ``y = x + theta``,
@@ -17,14 +23,15 @@ bare: a formatted header out, ``json.loads`` and ``frombuffer`` back. ``floor_ra
 median over the raw median, measured in the same interleaved loop.
 
 Figures: per payload ``payload_bytes`` (bytes of ``x``, which is also the size of ``y``),
-``request_bytes`` (x and theta), medians, p50 and p99 of each (microseconds), ``ratio`` and
-``floor_ratio``. Targets: ratio at most 1.2 at 256 KiB (16 x 4096) and at most 1.5 for small
-payloads.
+``request_bytes`` (x and theta), medians, p50 and p99 of each (microseconds), ``ratio``,
+``reqrep_ratio`` and ``floor_ratio``. Targets: ratio at most 1.2 at 256 KiB (16 x 4096) and
+at most 1.5 for small payloads.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -88,6 +95,21 @@ s.close(linger=0)
 ctx.term()
 """
 
+#: The issue's REQ/REP echo: every message sent back as received, with pyzmq's own calls.
+REQREP = """
+import sys, zmq
+ctx = zmq.Context()
+s = ctx.socket(zmq.REP)
+s.bind(sys.argv[1])
+while True:
+    msg = s.recv_multipart(copy=False)
+    if len(msg) == 1 and msg[0].bytes == b"stop":
+        break
+    s.send_multipart(msg, copy=False)
+s.close(linger=0)
+ctx.term()
+"""
+
 #: The floor server: the least a Python forward server does (see the module docstring). It
 #: answers [identity, header, x, theta] with [identity, header, y].
 FLOOR = """
@@ -133,7 +155,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
               f"{r['labd_median_us']:8.1f} us (p99 {r['labd_p99_us']:8.1f})   raw "
               f"{r['raw_median_us']:8.1f} us (p99 {r['raw_p99_us']:8.1f})   ratio "
               f"{r['ratio']:.2f}   floor {r['floor_median_us']:8.1f} us, "
-              f"ratio {r['floor_ratio']:.2f}")
+              f"ratio {r['floor_ratio']:.2f}   REQ/REP echo {r['reqrep_median_us']:8.1f} us, "
+              f"labd over it {r['reqrep_ratio']:.2f}")
     return {"seconds_per_payload": seconds, "rows": rows}
 
 
@@ -157,8 +180,8 @@ def _floor_forward(sock: zmq.Socket, n: int, x: np.ndarray, theta: np.ndarray) -
     return np.frombuffer(reply[1].buffer, np.float32).reshape(shape)
 
 
-def _measure(client: LabClient, raw: zmq.Socket, floor: zmq.Socket, rows: int, dim: int,
-             seconds: float) -> dict[str, Any]:
+def _measure(client: LabClient, raw: zmq.Socket, floor: zmq.Socket, reqrep: zmq.Socket,
+             rows: int, dim: int, seconds: float) -> dict[str, Any]:
     rng = np.random.default_rng(rows * 100003 + dim)
     x = rng.uniform(-0.5, 0.5, (rows, dim)).astype(np.float32)
     theta = rng.uniform(-0.5, 0.5, dim).astype(np.float32)
@@ -168,7 +191,9 @@ def _measure(client: LabClient, raw: zmq.Socket, floor: zmq.Socket, rows: int, d
         send_frames(raw, [b"", x, theta])
         recv_frames(raw)
         _floor_forward(floor, i, x, theta)
-    times: dict[str, list[float]] = {"labd": [], "raw": [], "floor": []}
+        reqrep.send_multipart([x, theta], copy=False)
+        reqrep.recv_multipart(copy=False)
+    times: dict[str, list[float]] = {"labd": [], "raw": [], "floor": [], "reqrep": []}
     deadline = time.perf_counter() + seconds
     n = 0
     while time.perf_counter() < deadline or n < 20:
@@ -181,9 +206,13 @@ def _measure(client: LabClient, raw: zmq.Socket, floor: zmq.Socket, rows: int, d
         raw_done = time.perf_counter()
         _floor_forward(floor, n, x, theta)
         floor_done = time.perf_counter()
+        reqrep.send_multipart([x, theta], copy=False)
+        reqrep.recv_multipart(copy=False)
+        reqrep_done = time.perf_counter()
         times["labd"].append(labd_done - began)
         times["raw"].append(raw_done - labd_done)
         times["floor"].append(floor_done - raw_done)
+        times["reqrep"].append(reqrep_done - floor_done)
     row: dict[str, Any] = {"rows": rows, "dim": dim, "payload_bytes": x.nbytes,
                            "request_bytes": x.nbytes + theta.nbytes, "round_trips": n}
     for name, t in times.items():
@@ -191,6 +220,7 @@ def _measure(client: LabClient, raw: zmq.Socket, floor: zmq.Socket, rows: int, d
         row.update({f"{name}_median_us": median, f"{name}_p50_us": p50, f"{name}_p99_us": p99})
     row["ratio"] = row["labd_median_us"] / row["raw_median_us"]
     row["floor_ratio"] = row["floor_median_us"] / row["raw_median_us"]
+    row["reqrep_ratio"] = row["labd_median_us"] / row["reqrep_median_us"]
     return row
 
 
@@ -203,20 +233,23 @@ def run(payloads: tuple[tuple[int, int], ...] = PAYLOADS,
         ctx = zmq.Context.instance()
         servers: list[subprocess.Popen] = []
         sockets: list[tuple[zmq.Socket, list[bytes]]] = []
-        for code, stop in ((ECHO, [b"", b"stop"]), (FLOOR, [b"stop"])):
+        for code, stop, kind in ((ECHO, [b"", b"stop"], zmq.DEALER),
+                                 (FLOOR, [b"stop"], zmq.DEALER), (REQREP, [b"stop"], zmq.REQ)):
             endpoint = f"tcp://127.0.0.1:{free_port()}"
             servers.append(subprocess.Popen([sys.executable, "-c", code, endpoint]))
-            sock = ctx.socket(zmq.DEALER)
+            sock = ctx.socket(kind)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(endpoint)
             sockets.append((sock, stop))
-        (raw, _), (floor, _) = sockets
+        (raw, _), (floor, _), (reqrep, _) = sockets
         try:
             with LocalDaemon(config=config) as daemon, LabClient(daemon.endpoint) as client:
-                return [_measure(client, raw, floor, r, d, seconds) for r, d in payloads]
+                return [_measure(client, raw, floor, reqrep, r, d, seconds)
+                        for r, d in payloads]
         finally:
             for (sock, stop), server in zip(sockets, servers, strict=True):
-                sock.send_multipart(stop)
+                with contextlib.suppress(zmq.ZMQError):  # a REQ caught between send and recv
+                    sock.send_multipart(stop)
                 sock.close()
                 try:
                     server.wait(5)

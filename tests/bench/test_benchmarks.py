@@ -30,6 +30,8 @@ def test_transport(tmp_path: Path) -> None:
         assert r["labd_p99_us"] >= r["labd_p50_us"]
         # the floor server answered every round trip (it exits on a bad header or range)
         assert r["floor_median_us"] > 0 and 0.5 < r["floor_ratio"] < 100
+        # the REQ/REP echo sends x and theta back: more bytes than the tight echo's y
+        assert r["reqrep_median_us"] > 0 and 0.2 < r["reqrep_ratio"] < 100
 
 
 @pytest.mark.timeout(60)
