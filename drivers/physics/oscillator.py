@@ -71,6 +71,12 @@ def _substep(i: float, v: float, drive: float, a: float, kappa: float, b: float,
     return i1, v1
 
 
+#: Shots that ``integrate`` advances together on one thread: each step waits for the
+#: previous one (an exponential and two divisions, ~30 ns), so interleaving independent shots
+#: lets the CPU overlap them (2.7x at 4; 8 gains nothing more).
+LANES = 4
+
+
 @numba.njit(cache=True, parallel=True, nogil=True)
 def integrate(drive: np.ndarray, r: np.ndarray, ell: np.ndarray, c: np.ndarray,
               i_s: np.ndarray, nvt: np.ndarray, dt: float, substeps: int,
@@ -79,28 +85,44 @@ def integrate(drive: np.ndarray, r: np.ndarray, ell: np.ndarray, c: np.ndarray,
 
     Component values are per shot ([B] arrays). If ``states`` has shape [2, B, T * substeps
     + 1] the current and voltage before every step are stored there (for ``adjoint``);
-    pass an empty array otherwise.
+    pass an empty array otherwise. Shots run in groups of ``LANES`` (a short last group
+    repeats its first shot in the spare lanes, whose results are dropped); each shot's
+    arithmetic is that of a shot alone, to the bit.
     """
     batch, samples = drive.shape
     keep = states.shape[0] == 2
     out = np.empty((batch, samples))
-    for s in numba.prange(batch):
-        a = dt / ell[s]
-        kappa = 1.0 / (1.0 + dt * r[s] / ell[s])
-        b = dt / c[s]
-        i = 0.0
-        v = 0.0
+    for g in numba.prange((batch + LANES - 1) // LANES):
+        first = g * LANES
+        used = min(LANES, batch - first)
+        lane = np.empty((5, LANES))  # a, kappa, b, I_s, n V_T per lane
+        u = np.empty((samples, LANES))  # the lanes' drives, side by side
+        for j in range(LANES):
+            s = first + (j if j < used else 0)
+            lane[0, j] = dt / ell[s]
+            lane[1, j] = 1.0 / (1.0 + dt * r[s] / ell[s])
+            lane[2, j] = dt / c[s]
+            lane[3, j] = i_s[s]
+            lane[4, j] = nvt[s]
+            for n in range(samples):
+                u[n, j] = drive[s, n]
+        i = np.zeros(LANES)
+        v = np.zeros(LANES)
         for n in range(samples):
-            u = drive[s, n]
             for k in range(substeps):
                 if keep:
-                    states[0, s, n * substeps + k] = i
-                    states[1, s, n * substeps + k] = v
-                i, v = _substep(i, v, u, a, kappa, b, i_s[s], nvt[s])
-            out[s, n] = v
+                    for j in range(used):
+                        states[0, first + j, n * substeps + k] = i[j]
+                        states[1, first + j, n * substeps + k] = v[j]
+                for j in range(LANES):
+                    i[j], v[j] = _substep(i[j], v[j], u[n, j], lane[0, j], lane[1, j],
+                                          lane[2, j], lane[3, j], lane[4, j])
+            for j in range(used):
+                out[first + j, n] = v[j]
         if keep:
-            states[0, s, samples * substeps] = i
-            states[1, s, samples * substeps] = v
+            for j in range(used):
+                states[0, first + j, samples * substeps] = i[j]
+                states[1, first + j, samples * substeps] = v[j]
     return out
 
 

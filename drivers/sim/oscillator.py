@@ -39,16 +39,47 @@ ADC_BITS = 14
 ADC_RANGE = 2.5  # volts, +- full scale
 
 
-@numba.njit(cache=True, nogil=True)
-def lowpass(drive: np.ndarray, alpha: float) -> np.ndarray:
-    """One-pole low-pass ``y[n] = y[n-1] + alpha (x[n] - y[n-1])`` from rest, [B, T]."""
-    out = np.empty_like(drive)
-    for s in range(drive.shape[0]):
+@numba.njit(cache=True, parallel=True, nogil=True)
+def dac(patterns: np.ndarray, gain: np.ndarray, offset: float, hiss: np.ndarray,
+        alpha: float) -> np.ndarray:
+    """The DAC's output [B, T] (volts, float64) for ``patterns`` [B, T] (volts): ``patterns *
+    gain[b] + offset``, plus ``hiss`` [B, T] (volts) unless it is empty, then rounded off by
+    the output stage, a one-pole low-pass ``y[n] = y[n-1] + alpha (x[n] - y[n-1])`` from rest
+    (none if ``alpha`` is 0)."""
+    batch, samples = patterns.shape
+    noisy = hiss.shape[0] > 0
+    out = np.empty((batch, samples))
+    for s in numba.prange(batch):
         y = 0.0
-        for n in range(drive.shape[1]):
-            y += alpha * (drive[s, n] - y)
+        for n in range(samples):
+            x = patterns[s, n] * gain[s] + offset
+            if noisy:
+                x = x + hiss[s, n]
+            if alpha == 0.0:
+                y = x
+            else:
+                y += alpha * (x - y)
             out[s, n] = y
     return out
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
+def adc(v: np.ndarray, gain: float, offset: np.ndarray, hiss: np.ndarray) -> None:
+    """The ADC's reading, in place of the capacitor voltage ``v`` [B, T]: ``v * gain +
+    offset[b]``; unless ``hiss`` [B, T] (volts) is empty, plus ``hiss``, quantised to
+    ``ADC_BITS`` over +-``ADC_RANGE`` and clipped to the range."""
+    lsb = 2 * ADC_RANGE / 2 ** ADC_BITS
+    noisy = hiss.shape[0] > 0
+    for s in numba.prange(v.shape[0]):
+        for n in range(v.shape[1]):
+            read = v[s, n] * gain + offset[s]
+            if noisy:
+                read = np.rint((read + hiss[s, n]) / lsb) * lsb
+                if read < -ADC_RANGE:
+                    read = -ADC_RANGE
+                elif read > ADC_RANGE - lsb:
+                    read = ADC_RANGE - lsb
+            v[s, n] = read
 
 
 class OscillatorBench(Bench):
@@ -81,9 +112,9 @@ class OscillatorBench(Bench):
     def _warm_up(self) -> None:
         """Load the compiled kernels now (about 1 s), not during the first shot."""
         one, zeros = np.ones(1), np.zeros((1, 1))
-        lowpass(zeros, 0.5)
-        integrate(zeros, r=one, ell=one, c=one, i_s=one, nvt=one, dt=1e-9, substeps=1,
-                  states=np.empty((0, 0, 0)))
+        v = integrate(dac(zeros, one, 0.0, zeros, 0.5), r=one, ell=one, c=one, i_s=one,
+                      nvt=one, dt=1e-9, substeps=1, states=np.empty((0, 0, 0)))
+        adc(v, 1.0, one, zeros)
 
     def hidden(self) -> dict[str, Any]:
         return dict(self.device)
@@ -98,23 +129,21 @@ class OscillatorBench(Bench):
         d, p, rng = self.device, self.params, self.noise_rng
         temp = self.temperature(shot_times(self.shots, batch, self.shot_s))
         delta = temp - p["temperature"]
-        gain = d["dac_gain"] * (1 + 3e-3 * delta[:, None]) \
-            * (1 + self.noise * 0.015 * rng.standard_normal((batch, 1)))
-        drive = patterns * gain + d["dac_offset"]
-        if self.noise:
-            drive = drive + self.noise * 0.0015 * rng.standard_normal(drive.shape)
-        if math.isfinite(d["dac_corner_hz"]):
-            drive = lowpass(drive, 1 - math.exp(-2 * math.pi * d["dac_corner_hz"]
-                                                / p["sample_rate"]))
-        v = integrate(np.ascontiguousarray(drive, dtype=np.float64),
-                      r=d["R"] * (1 + 3.9e-3 * delta), ell=np.full(batch, d["L"]),
+        gain = d["dac_gain"] * (1 + 3e-3 * delta) \
+            * (1 + self.noise * 0.015 * rng.standard_normal(batch))
+        # the DAC's and the ADC's hiss, both drawn now: the integration draws nothing, so the
+        # stream is that of drawing each where it acts
+        shape = patterns.shape if self.noise else (0, 0)
+        dac_hiss = self.noise * 0.0015 * rng.standard_normal(shape)
+        adc_hiss = self.noise * 0.001 * rng.standard_normal(shape)
+        corner = d["dac_corner_hz"]
+        alpha = 1 - math.exp(-2 * math.pi * corner / p["sample_rate"]) \
+            if math.isfinite(corner) else 0.0
+        drive = dac(patterns, gain, d["dac_offset"], dac_hiss, alpha)
+        v = integrate(drive, r=d["R"] * (1 + 3.9e-3 * delta), ell=np.full(batch, d["L"]),
                       c=d["C"] * (1 - 1e-3 * delta), i_s=d["I_s"] * 2.0 ** (delta / 5),
                       nvt=d["n"] * K_OVER_Q * temp,
                       dt=1.0 / (p["sample_rate"] * p["substeps"]), substeps=p["substeps"],
                       states=np.empty((0, 0, 0)))
-        read = v * d["adc_gain"] + (d["adc_offset"] + 5e-4 * delta)[:, None]
-        if self.noise:
-            read += self.noise * 0.001 * rng.standard_normal(read.shape)
-            lsb = 2 * ADC_RANGE / 2 ** ADC_BITS
-            read = np.clip(np.round(read / lsb) * lsb, -ADC_RANGE, ADC_RANGE - lsb)
-        return read
+        adc(v, d["adc_gain"], d["adc_offset"] + 5e-4 * delta, adc_hiss)
+        return v

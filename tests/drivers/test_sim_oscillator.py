@@ -8,8 +8,13 @@ import torch
 
 from drivers.physics.encoding import Mapping
 from drivers.physics.nominal import nominal_model
-from drivers.physics.oscillator import OscillatorPhysics
-from drivers.sim.oscillator import OscillatorBench
+from drivers.physics.oscillator import (
+    OscillatorPhysics,
+    circuit_arrays,
+    integrate,
+    oscillator_params,
+)
+from drivers.sim.oscillator import ADC_BITS, ADC_RANGE, OscillatorBench
 from tests.drivers.conftest import describe
 
 FS = 1.0e6
@@ -137,6 +142,41 @@ def test_a_batch_gives_what_single_shots_give() -> None:
     np.testing.assert_allclose(batched, one_by_one, rtol=1e-9, atol=1e-12)
     noisy = bench_trace(OscillatorBench(SWEEP, {}, seed=2), p)
     assert np.linalg.norm(noisy - batched) < 0.1 * np.linalg.norm(batched)
+
+
+def test_shots_integrated_together_are_each_integrated_alone() -> None:
+    """``integrate`` interleaves shots in groups (a short last one here): every shot's
+    voltages, and the states kept for the adjoint, are those of the shot alone, to the bit."""
+    rng = np.random.default_rng(4)
+    drive = rng.uniform(-1, 3, (6, 120))
+    arrays = {k: v * rng.uniform(0.8, 1.2, 6) for k, v in
+              circuit_arrays(oscillator_params({}), 6).items()}
+    states = np.empty((2, 6, 120 * 3 + 1))
+    together = integrate(drive, dt=1e-7, substeps=3, states=states, **arrays)
+    for s in range(6):
+        alone_states = np.empty((2, 1, 120 * 3 + 1))
+        alone = integrate(drive[s:s + 1], dt=1e-7, substeps=3, states=alone_states,
+                          **{k: v[s:s + 1] for k, v in arrays.items()})
+        np.testing.assert_array_equal(together[s], alone[0])
+        np.testing.assert_array_equal(states[:, s], alone_states[:, 0])
+
+
+def test_noise_and_adc_are_the_documented_stream() -> None:
+    """An ideal bench (no tolerances, no drift) with noise: the reference jitter, the DAC's hiss
+    and the ADC's hiss, drawn from the noise stream in that order, and the 14-bit ADC, to the
+    bit."""
+    bench = OscillatorBench(SWEEP, {}, seed=6, imperfection=0.0)
+    p = np.random.default_rng(2).uniform(-1, 2, (5, 1000)).astype(np.float32)
+    measured = bench_trace(bench, p)
+    params = oscillator_params({})
+    rng = np.random.default_rng([6, 1])
+    drive = p * (1 + 0.015 * rng.standard_normal((5, 1))) + 0.0015 * rng.standard_normal(p.shape)
+    v = integrate(drive, dt=1 / (FS * params["substeps"]), substeps=params["substeps"],
+                  states=np.empty((0, 0, 0)), **circuit_arrays(params, 5))
+    lsb = 2 * ADC_RANGE / 2 ** ADC_BITS
+    read = v + 0.001 * rng.standard_normal(p.shape)
+    expected = np.clip(np.round(read / lsb) * lsb, -ADC_RANGE, ADC_RANGE - lsb)
+    np.testing.assert_array_equal(measured, expected)
 
 
 def test_reality_gap_of_the_default_system(sim_system, sim_rig, sim_measure, sim_nominal,

@@ -8,8 +8,15 @@ import torch
 
 from drivers.physics.encoding import Mapping
 from drivers.physics.nominal import nominal_model
-from drivers.physics.plate import PlatePhysics, plate_params
-from drivers.sim.plate import PlateBench
+from drivers.physics.plate import (
+    PlatePhysics,
+    highpass,
+    highpass_alpha,
+    mode_coefficients,
+    plate_params,
+    respond,
+)
+from drivers.sim.plate import ADC_BITS, ADC_RANGE, PlateBench
 from tests.drivers.conftest import describe
 
 FS = 48000.0
@@ -95,6 +102,61 @@ def test_same_seed_same_device_other_seed_other_device() -> None:
     assert not np.allclose(a.hidden()["freqs"], c.hidden()["freqs"])
     p = np.full((2, 4800), 0.3)
     np.testing.assert_array_equal(bench_trace(a, p), bench_trace(b, p))
+
+
+def plain_respond(force: np.ndarray, coef: np.ndarray, b: np.ndarray, c: np.ndarray,
+                  beta: np.ndarray) -> np.ndarray:
+    """The modal recursion written as the plainest loop: shot by shot, sample by sample, mode
+    by mode, the acceleration summed as it goes."""
+    out = np.empty(force.shape)
+    for s in range(force.shape[0]):
+        q = [0.0] * len(b)
+        p = [0.0] * len(b)
+        for n in range(force.shape[1]):
+            acc = 0.0
+            for k in range(len(b)):
+                phi11, phi12, phi21, phi22, w2, damp = (float(v) for v in coef[s, k])
+                f = b[k] * force[s, n] - beta[k] * q[k] * q[k] * q[k]
+                acc += c[k] * (f - damp * p[k] - w2 * q[k])
+                rest = f * (1.0 / w2)
+                dq = q[k] - rest
+                q[k], p[k] = rest + phi11 * dq + phi12 * p[k], phi21 * dq + phi22 * p[k]
+            out[s, n] = acc
+    return out
+
+
+def test_modal_recursion_is_the_plain_loop_to_the_bit() -> None:
+    """``respond`` advances the modes as vectors and sums them afterwards: the same numbers."""
+    rng = np.random.default_rng(0)
+    shots, samples, modes = 5, 60, 6
+    coef = mode_coefficients(rng.uniform(100, 3000, (shots, modes)),
+                             rng.uniform(0.005, 0.05, modes), 1 / FS)
+    b, c = rng.standard_normal(modes), rng.standard_normal(modes)
+    beta = rng.uniform(0, 1e9, modes)
+    force = rng.standard_normal((shots, samples))
+    np.testing.assert_array_equal(respond(force, coef, b, c, beta),
+                                  plain_respond(force, coef, b, c, beta))
+
+
+def test_noise_and_adc_are_the_documented_stream() -> None:
+    """An ideal bench (no saturation, no drift) with noise: the per-shot gain, then the float32
+    hiss, drawn from the noise stream in that order, and the 16-bit ADC, to the bit."""
+    mapping = Mapping(input_dim=200, param_dim=200, output_dim=10, encoding={"layout": "add"})
+    bench = PlateBench(mapping, {}, seed=6, imperfection=0.0)
+    p = np.random.default_rng(2).uniform(-1, 2, (5, 200)).astype(np.float32)
+    measured = bench_trace(bench, p)
+    nominal = plate_params({})
+    rng = np.random.default_rng([6, 1])
+    gain = nominal["gain"] * (1 + 0.01 * rng.standard_normal((5, 1)))
+    hiss = 0.005 * rng.standard_normal(p.shape, dtype=np.float32)
+    coef = mode_coefficients(np.repeat(nominal["freqs"][None], 5, 0), nominal["zetas"][None],
+                             1 / FS)
+    force = highpass(p.astype(np.float64), highpass_alpha(nominal["highpass_hz"], FS))
+    acc = respond(force, coef, nominal["drive_coupling"], nominal["sensor_coupling"],
+                  np.zeros(len(nominal["freqs"]))) * gain + hiss
+    lsb = 2 * ADC_RANGE / 2 ** ADC_BITS
+    expected = np.clip(np.round(acc / lsb), -2 ** (ADC_BITS - 1), 2 ** (ADC_BITS - 1) - 1) * lsb
+    np.testing.assert_array_equal(measured, expected)
 
 
 def mid_range(system, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
