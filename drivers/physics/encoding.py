@@ -71,13 +71,24 @@ class Encoding(BaseModel):
         if self.layout == "add":  # a theta [P] broadcasts over the rows by itself
             return x + theta
         batch = x.shape[0]
+        if not _is_torch(x):  # numpy: one new array filled in place, no broadcast view and
+            # no concatenate (the same values, several numpy calls fewer in the daemon's cycle)
+            n = x.shape[1]
+            u = np.empty((batch, self.control_dim(n, theta.shape[-1])),
+                         np.result_type(x, theta))
+            if self.layout == "concat":
+                u[:, :n] = x
+                u[:, n:] = theta
+            else:
+                u[:, 0::2] = x
+                u[:, 1::2] = theta
+            return u
+        torch = _torch()
         if theta.ndim == 1:
-            theta = theta.expand(batch, -1) if _is_torch(theta) else \
-                np.broadcast_to(theta, (batch, theta.shape[0]))
+            theta = theta.expand(batch, -1)
         if self.layout == "concat":
-            return _cat([x, theta], 1)
-        stacked = _torch().stack([x, theta], dim=2) if _is_torch(x) else np.stack([x, theta], 2)
-        return stacked.reshape(batch, -1)
+            return torch.cat([x, theta], dim=1)
+        return torch.stack([x, theta], dim=2).reshape(batch, -1)
 
     def encode(self, x: Any, theta: Any) -> Any:
         """Patterns [B, channels] in drive units."""
@@ -116,12 +127,26 @@ class Decoding(BaseModel):
         return w
 
     def decode(self, trace: Any, bins: int) -> Any:
-        """y [B, bins] from a detector trace [B, samples]."""
+        """y [B, bins] from a detector trace [B, samples] (numpy or torch, in its dtype)."""
         w = self.width(trace.shape[1], bins)
         if w == 1 and self.reduce != "rms":  # one sample per bin: the samples themselves
             y = trace[:, self.start:self.start + bins]
             return y * self.scale if self.scale != 1.0 else y
-        windows = trace[:, self.start:self.start + w * bins].reshape(trace.shape[0], bins, w)
+        cut = trace if self.start == 0 and w * bins == trace.shape[1] else \
+            trace[:, self.start:self.start + w * bins]
+        windows = cut.reshape(trace.shape[0], bins, w)
+        if self.reduce != "rms" and not _is_torch(trace):  # numpy: what ``mean``/``sum`` and
+            # ``* scale`` compute, in place in the sum (fewer calls in the daemon's cycle)
+            y = np.add.reduce(windows, axis=2)
+            factor = self.scale
+            if self.reduce == "mean" and (w & (w - 1) or y.dtype != np.float64):
+                np.true_divide(y, np.intp(w), out=y, casting="unsafe")  # (as np.mean does)
+            elif self.reduce == "mean":  # float64, w a power of two: dividing by w is exact,
+                factor = self.scale / w  # so it joins the scale (a window sum below 2**-1022
+                # may differ in its last bit, far below what float32 holds)
+            if factor != 1.0:
+                np.multiply(y, factor, out=y)
+            return y
         if self.reduce == "mean":
             y = windows.mean(2)
         elif self.reduce == "sum":

@@ -34,10 +34,11 @@ from protocols.v1 import ErrorCode
 
 
 def _finite(a: np.ndarray) -> bool:
-    """Whether every element is finite."""
-    if a.size <= SMALL and math.isfinite(sum(a.ravel().tolist())):
-        return True  # (a sum that overflowed, or any NaN or inf: numpy decides)
-    return bool(np.isfinite(a).all())
+    """Whether every element is finite: a finite sum (of a list when small, else one numpy
+    call) rules NaN and inf out; a sum that is not finite (overflow included) leaves the answer
+    to ``isfinite``."""
+    total = sum(a.ravel().tolist()) if a.size <= SMALL else np.add.reduce(a, axis=None)
+    return math.isfinite(total) or bool(np.isfinite(a).all())
 
 
 class SystemFault(Exception):
@@ -157,10 +158,10 @@ class PhysicalSystem:
         if trace.shape != expected:
             raise SystemFault(f"{self.detector.name} returned shape {list(trace.shape)}, "
                               f"expected {list(expected)}", True)
-        y = self.config.decode(trace)
-        if not _finite(y):
+        y = np.ascontiguousarray(self.config.decode(trace), dtype=np.float32)
+        if not _finite(y):  # (checked as sent: float32)
             raise SystemFault(f"{self.detector.name} returned non-finite values", True)
-        return np.ascontiguousarray(y, dtype=np.float32), spent
+        return y, spent
 
 
 @contextlib.contextmanager
