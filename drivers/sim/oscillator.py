@@ -41,11 +41,11 @@ ADC_RANGE = 2.5  # volts, +- full scale
 
 @numba.njit(cache=True, parallel=True, nogil=True)
 def dac(patterns: np.ndarray, gain: np.ndarray, offset: float, hiss: np.ndarray,
-        alpha: float) -> np.ndarray:
+        hiss_rms: float, alpha: float) -> np.ndarray:
     """The DAC's output [B, T] (volts, float64) for ``patterns`` [B, T] (volts): ``patterns *
-    gain[b] + offset``, plus ``hiss`` [B, T] (volts) unless it is empty, then rounded off by
-    the output stage, a one-pole low-pass ``y[n] = y[n-1] + alpha (x[n] - y[n-1])`` from rest
-    (none if ``alpha`` is 0)."""
+    gain[b] + offset``, plus ``hiss_rms * hiss`` (``hiss`` standard normal [B, T]) unless
+    ``hiss`` is empty, then rounded off by the output stage, a one-pole low-pass ``y[n] =
+    y[n-1] + alpha (x[n] - y[n-1])`` from rest (none if ``alpha`` is 0)."""
     batch, samples = patterns.shape
     noisy = hiss.shape[0] > 0
     out = np.empty((batch, samples))
@@ -54,7 +54,7 @@ def dac(patterns: np.ndarray, gain: np.ndarray, offset: float, hiss: np.ndarray,
         for n in range(samples):
             x = patterns[s, n] * gain[s] + offset
             if noisy:
-                x = x + hiss[s, n]
+                x = x + hiss_rms * hiss[s, n]
             if alpha == 0.0:
                 y = x
             else:
@@ -64,17 +64,18 @@ def dac(patterns: np.ndarray, gain: np.ndarray, offset: float, hiss: np.ndarray,
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def adc(v: np.ndarray, gain: float, offset: np.ndarray, hiss: np.ndarray) -> None:
+def adc(v: np.ndarray, gain: float, offset: np.ndarray, hiss: np.ndarray,
+        hiss_rms: float) -> None:
     """The ADC's reading, in place of the capacitor voltage ``v`` [B, T]: ``v * gain +
-    offset[b]``; unless ``hiss`` [B, T] (volts) is empty, plus ``hiss``, quantised to
-    ``ADC_BITS`` over +-``ADC_RANGE`` and clipped to the range."""
+    offset[b]``; unless ``hiss`` is empty, plus ``hiss_rms * hiss`` (``hiss`` standard normal
+    [B, T]), quantised to ``ADC_BITS`` over +-``ADC_RANGE`` and clipped to the range."""
     lsb = 2 * ADC_RANGE / 2 ** ADC_BITS
     noisy = hiss.shape[0] > 0
     for s in numba.prange(v.shape[0]):
         for n in range(v.shape[1]):
             read = v[s, n] * gain + offset[s]
             if noisy:
-                read = np.rint((read + hiss[s, n]) / lsb) * lsb
+                read = np.rint((read + hiss_rms * hiss[s, n]) / lsb) * lsb
                 if read < -ADC_RANGE:
                     read = -ADC_RANGE
                 elif read > ADC_RANGE - lsb:
@@ -112,9 +113,9 @@ class OscillatorBench(Bench):
     def _warm_up(self) -> None:
         """Load the compiled kernels now (about 1 s), not during the first shot."""
         one, zeros = np.ones(1), np.zeros((1, 1))
-        v = integrate(dac(zeros, one, 0.0, zeros, 0.5), r=one, ell=one, c=one, i_s=one,
+        v = integrate(dac(zeros, one, 0.0, zeros, 1.0, 0.5), r=one, ell=one, c=one, i_s=one,
                       nvt=one, dt=1e-9, substeps=1, states=np.empty((0, 0, 0)))
-        adc(v, 1.0, one, zeros)
+        adc(v, 1.0, one, zeros, 1.0)
 
     def hidden(self) -> dict[str, Any]:
         return dict(self.device)
@@ -134,16 +135,16 @@ class OscillatorBench(Bench):
         # the DAC's and the ADC's hiss, both drawn now: the integration draws nothing, so the
         # stream is that of drawing each where it acts
         shape = patterns.shape if self.noise else (0, 0)
-        dac_hiss = self.noise * 0.0015 * rng.standard_normal(shape)
-        adc_hiss = self.noise * 0.001 * rng.standard_normal(shape)
+        dac_hiss = rng.standard_normal(shape)
+        adc_hiss = rng.standard_normal(shape)
         corner = d["dac_corner_hz"]
         alpha = 1 - math.exp(-2 * math.pi * corner / p["sample_rate"]) \
             if math.isfinite(corner) else 0.0
-        drive = dac(patterns, gain, d["dac_offset"], dac_hiss, alpha)
+        drive = dac(patterns, gain, d["dac_offset"], dac_hiss, self.noise * 0.0015, alpha)
         v = integrate(drive, r=d["R"] * (1 + 3.9e-3 * delta), ell=np.full(batch, d["L"]),
                       c=d["C"] * (1 - 1e-3 * delta), i_s=d["I_s"] * 2.0 ** (delta / 5),
                       nvt=d["n"] * K_OVER_Q * temp,
                       dt=1.0 / (p["sample_rate"] * p["substeps"]), substeps=p["substeps"],
                       states=np.empty((0, 0, 0)))
-        adc(v, d["adc_gain"], d["adc_offset"] + 5e-4 * delta, adc_hiss)
+        adc(v, d["adc_gain"], d["adc_offset"] + 5e-4 * delta, adc_hiss, self.noise * 0.001)
         return v
