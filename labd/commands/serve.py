@@ -36,16 +36,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback --bind without CURVE keys (anyone who can reach "
                         "the port can drive the instruments)")
-    p.add_argument("--exit-with-parent", action="store_true",
+    p.add_argument("--exit-with-parent", nargs="?", type=int, const=0, default=None,
+                   metavar="PID",
                    help="stop cleanly when the process that started this daemon exits (how "
                         "`labd train` and the tests start their local daemons, so that a killed "
-                        "trainer leaves no daemon behind)")
+                        "trainer leaves no daemon behind); PID, if given, is that process's pid, "
+                        "so that it is noticed even if it died while the daemon was starting")
     p.set_defaults(func=run)
 
 
-def stop_with_parent(stop: Callable[[], None], poll_s: float = 0.5) -> threading.Thread:
-    """Call ``stop`` once this process's parent has exited (it is re-parented)."""
-    parent = os.getppid()
+def stop_with_parent(stop: Callable[[], None], parent: int,
+                     poll_s: float = 0.5) -> threading.Thread:
+    """Call ``stop`` once process ``parent`` is no longer this process's parent (it exited and
+    this process was re-parented), at once if that happened already."""
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -90,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: daemon.stop())
-    if args.exit_with_parent:
-        stop_with_parent(daemon.stop)
+    if args.exit_with_parent is not None:
+        stop_with_parent(daemon.stop, args.exit_with_parent or os.getppid())
     # A worker computing in Python holds the GIL for up to the switch interval (5 ms by
     # default) before the server thread may answer; 1 ms keeps hello/status and other systems
     # responsive while a simulated system computes.

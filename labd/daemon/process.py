@@ -4,8 +4,9 @@
 unless ``config`` names a file; no store unless ``store`` names a file), waits until it answers
 ``hello`` (with ``curve`` keys when the daemon requires them), and exposes ``endpoint``; on exit
 it sends SIGTERM and waits for a clean exit (SIGKILL after ``stop_timeout_s``). The daemon
-runs with ``--exit-with-parent``: if this process dies without stopping it (``kill -9`` of a
-trainer), the daemon stops by itself within a second.
+runs with ``--exit-with-parent <this pid>``: if this process dies without stopping it (``kill -9``
+of a trainer), the daemon stops by itself within a second, also when that happens while the
+daemon is still starting.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class LocalDaemon:
         self.events_endpoint = f"tcp://127.0.0.1:{free_port()}"
         self._args = [sys.executable, "-m", "labd", "--log-level", log_level, "serve",
                       "--bind", self.endpoint, "--events", self.events_endpoint,
-                      "--store", str(store) if store else "", "--exit-with-parent"]
+                      "--store", str(store) if store else "",
+                      "--exit-with-parent", str(os.getpid())]
         if config is not None:
             self._args += ["--config", str(config)]
         self._args += extra_args or []

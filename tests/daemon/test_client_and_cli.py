@@ -146,6 +146,36 @@ def test_requests_in_flight_survive_a_daemon_restart(test_config_path):
             assert second.stop() == 0
 
 
+def test_daemon_stops_when_its_starter_died_while_it_was_starting(test_config_path, tmp_path):
+    """``--exit-with-parent PID``: a starter that is gone before the daemon is up (killed during
+    its start-up) still leaves no daemon behind."""
+    log = tmp_path / "daemon.log"
+    starter = subprocess.run(
+        [sys.executable, "-c",
+         "import os, subprocess, sys\n"
+         "from labd.daemon.process import free_port\n"
+         f"log = open({str(log)!r}, 'w')\n"
+         "p = subprocess.Popen([sys.executable, '-m', 'labd', 'serve', '--bind',\n"
+         "    f'tcp://127.0.0.1:{free_port()}', '--events', f'tcp://127.0.0.1:{free_port()}',\n"
+         f"    '--store', '', '--config', {str(test_config_path)!r},\n"
+         "    '--exit-with-parent', str(os.getpid())], stderr=log)\n"
+         "print(p.pid, flush=True)\n"
+         "os._exit(0)\n"],  # at once: the daemon has not even imported labd yet
+        capture_output=True, text=True, timeout=30, check=True)
+    pid = int(starter.stdout)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the daemon outlived the process that started it by 30 s")
+    assert "has exited; stopping" in log.read_text()
+
+
 def test_local_daemon_stops_when_its_starter_is_killed(test_config_path):
     """A trainer killed with SIGKILL leaves no daemon behind (``--exit-with-parent``)."""
     starter = subprocess.Popen(
