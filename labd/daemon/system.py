@@ -37,7 +37,11 @@ def _finite(a: np.ndarray) -> bool:
     """Whether every element is finite: a finite sum (of a list when small, else one numpy
     call) rules NaN and inf out; a sum that is not finite (overflow included) leaves the answer
     to ``isfinite``."""
-    total = sum(a.ravel().tolist()) if a.size <= SMALL else np.add.reduce(a, axis=None)
+    if a.size <= SMALL:
+        total = sum(a.ravel().tolist())
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):  # (no warning in the daemon's log)
+            total = np.add.reduce(a, axis=None)
     return math.isfinite(total) or bool(np.isfinite(a).all())
 
 
