@@ -22,11 +22,23 @@ Contract:
 * A daemon that refuses this client's CURVE key raises ``Unauthorized`` (within 50 ms).
 * Arrays given to ``submit``/``forward`` are sent without copying: do not modify them until
   the reply has arrived.
+* Message size: the client learns the daemon's ``max_message_bytes`` from ``hello`` (asked
+  once, before the first forward) and never sends a request it knows will be refused. A
+  forward larger than the limit is *split*: its rows go, in order, as the fewest requests of
+  at most ``forward_rows(...)`` rows (sizes differing by one at most, the longer first), sent
+  back to back, each with its own id (so each part is measured exactly once, retries included);
+  ``result`` returns their ``y`` concatenated in the same order, ``elapsed_s`` summed, ``seq``
+  of row 0 and ``parts`` = ``((seq, rows), ...)`` per request: rows are numbered
+  consecutively *within* a part only (another client's request may be measured between two
+  parts). A forward whose single row (with a shared ``theta``) exceeds the limit raises
+  ``TooLarge`` without sending anything. A daemon whose ``hello`` states no limit gets every
+  request as it is (an oversized one is answered ``too_large``).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
 import uuid
@@ -117,11 +129,31 @@ ERRORS: dict[str, type[LabError]] = {cls.code: cls for cls in (
     Busy, InstrumentFault, Unauthorized)}
 
 
+#: Upper bound on a forward request's header besides the JSON-escaped system name (bytes):
+#: ``v``, an ``id`` of up to 64 characters, ``op`` and two array specs of 20-digit shapes.
+FORWARD_HEADER_BYTES = 320
+
+
 @dataclass(frozen=True, slots=True)
 class ForwardResult:
+    """``y`` [B, output_dim]; ``seq``: row 0's measurement number; ``elapsed_s``: instrument
+    seconds; ``parts``: ``(seq, rows)`` of each request a split forward went as."""
+
     y: np.ndarray
     seq: int
     elapsed_s: float
+    parts: tuple[tuple[int, int], ...] = ()
+
+
+def forward_rows(limit: int, system: str, input_dim: int, param_dim: int,
+                 per_row_theta: bool) -> int:
+    """The most rows one forward request on ``system`` may carry within ``limit`` bytes
+    (float32 ``x`` of ``input_dim``, ``theta`` of ``param_dim`` shared or per row); 0 when
+    not even one fits."""
+    header = FORWARD_HEADER_BYTES + len(json.dumps(system))
+    row = 4 * (input_dim + (param_dim if per_row_theta else 0))
+    free = limit - header - (0 if per_row_theta else 4 * param_dim)
+    return max(0, free // max(1, row))
 
 
 class LabClient:
@@ -138,6 +170,9 @@ class LabClient:
         self._pending: dict[str, list[Any]] = {}  # id -> request frames (to send again)
         self._arrived: dict[str, tuple[Reply, dict[str, np.ndarray]]] = {}
         self._submitted: dict[str, list[Any]] = {}  # id -> submitted frames, until result()
+        self._split: dict[str, list[str]] = {}  # id of a split forward -> its parts' ids
+        self._limit: int | None = None  # the daemon's max_message_bytes (hello)
+        self._limit_asked = False
         # Request ids: 64 random bits per client and a counter (a uuid4 per request costs
         # microseconds; under CURVE several clients share a key name, hence the random part).
         self._id_prefix = os.urandom(8).hex()
@@ -297,7 +332,28 @@ class LabClient:
 
     def hello(self) -> dict[str, Any]:
         header, _ = self.call("hello")
-        return header.model_dump(exclude={"v", "id", "ok", "error", "arrays"})
+        reply = header.model_dump(exclude={"v", "id", "ok", "error", "arrays"})
+        limit = reply.get("max_message_bytes")
+        self._limit = limit if isinstance(limit, int) and limit > 0 else None
+        self._limit_asked = True
+        return reply
+
+    @property
+    def max_message_bytes(self) -> int | None:
+        """The daemon's request size limit (bytes, all frames but the delimiter), from
+        ``hello`` (asked on first use); ``None`` when the daemon does not state one."""
+        if not self._limit_asked:
+            self.hello()
+        return self._limit
+
+    def forward_rows(self, system: str, input_dim: int, param_dim: int,
+                     per_row_theta: bool) -> int | None:
+        """The most rows one forward request on ``system`` may carry under the daemon's limit
+        (module function ``forward_rows``); ``None`` when the daemon states no limit."""
+        limit = self.max_message_bytes
+        if limit is None:
+            return None
+        return forward_rows(limit, system, input_dim, param_dim, per_row_theta)
 
     def describe(self, system: str) -> dict[str, Any]:
         header, _ = self.call("describe", {"system": system})
@@ -323,8 +379,35 @@ class LabClient:
         request is kept until then (for a retry)."""
         rid = self._new_id()
         frames = encode_forward(rid, system, x, theta, delimiter=True)
+        limit = self._limit if self._limit_asked else self.max_message_bytes
+        if limit is not None and sum(map(len, frames)) > limit:
+            return self._submit_split(rid, system, x, theta, limit)
         self._submitted[rid] = frames
         return self._send_frames(rid, frames)
+
+    def _submit_split(self, rid: str, system: str, x: np.ndarray, theta: np.ndarray,
+                      limit: int) -> str:
+        """Send an oversized forward as parts under ``limit`` (module docstring); ``rid``
+        names the whole for ``result``."""
+        x, theta = np.ascontiguousarray(x), np.ascontiguousarray(theta)
+        per_row = theta.ndim == 2
+        most = forward_rows(limit, system, x.shape[1] if x.ndim == 2 else 0,
+                            theta.shape[-1] if theta.ndim else 0, per_row)
+        if most == 0:
+            raise TooLarge(f"one row of a forward on {system!r} does not fit in the daemon's "
+                           f"{limit}-byte message limit (raise [server] max_message_bytes)")
+        count = -(-x.shape[0] // most)
+        base, extra = divmod(x.shape[0], count)  # the first ``extra`` parts one row longer
+        bounds = itertools.accumulate((base + (k < extra) for k in range(count)), initial=0)
+        parts = []
+        for k, (start, stop) in enumerate(itertools.pairwise(bounds)):
+            pid = f"{rid}.{k}"
+            frames = encode_forward(pid, system, x[start:stop],
+                                    theta[start:stop] if per_row else theta, delimiter=True)
+            self._submitted[pid] = frames
+            parts.append(self._send_frames(pid, frames))
+        self._split[rid] = parts
+        return rid
 
     def result(self, rid: str, retry: bool = False) -> ForwardResult:
         """Wait for the reply to ``submit``'s request ``rid``: ``y``, ``seq``, ``elapsed_s``.
@@ -334,7 +417,25 @@ class LabClient:
         the same id, up to ``retries`` times with backoff, as ``measure`` does (the daemon
         answers a repeat from its reply cache: never measured twice). Either way the request
         is forgotten once this returns or raises; ``rid`` must come from ``submit`` when
-        ``retry`` (``KeyError`` otherwise)."""
+        ``retry`` (``KeyError`` otherwise). A split forward's parts are waited for in order;
+        when one fails, the others are forgotten (their replies dropped) and it raises."""
+        parts = self._split.pop(rid, None)
+        if parts is None:
+            return self._result(rid, retry)
+        results = []
+        try:
+            for pid in parts:
+                results.append(self._result(pid, retry))
+        finally:
+            for pid in parts[len(results) + 1:]:
+                self._submitted.pop(pid, None)
+                self._pending.pop(pid, None)
+                self._arrived.pop(pid, None)
+        return ForwardResult(y=np.concatenate([r.y for r in results]), seq=results[0].seq,
+                             elapsed_s=sum(r.elapsed_s for r in results),
+                             parts=tuple((r.seq, r.y.shape[0]) for r in results))
+
+    def _result(self, rid: str, retry: bool) -> ForwardResult:
         frames = self._submitted.pop(rid, None)
         if retry and frames is None:
             raise KeyError(f"{rid!r} is no request of submit() awaiting its result")
@@ -360,5 +461,7 @@ def curve_keys(server_public_file: str | Path, client_secret_file: str | Path
 
 def _forward_result(header: Reply, arrays: dict[str, np.ndarray]) -> ForwardResult:
     fields = header.fields
-    return ForwardResult(y=arrays["y"], seq=int(fields["seq"]),
-                         elapsed_s=float(fields["elapsed_s"]))
+    y = arrays["y"]
+    seq = int(fields["seq"])
+    return ForwardResult(y=y, seq=seq, elapsed_s=float(fields["elapsed_s"]),
+                         parts=((seq, y.shape[0]),))

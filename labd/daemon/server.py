@@ -359,7 +359,8 @@ class Daemon:
         if op == "hello":
             return ok_reply(rid, {"server": "labd", "version": __version__,
                                   "protocols": list(SUPPORTED_VERSIONS),
-                                  "systems": list(self.systems)})
+                                  "systems": list(self.systems),
+                                  "max_message_bytes": limit})
         if op == "status":
             return ok_reply(rid, self.status())
         if op in ("describe", "forward"):

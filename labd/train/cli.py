@@ -16,16 +16,44 @@ Each command has ``add_*_arguments(parser)`` and a function taking the parsed
 
 Without ``--endpoint`` a local daemon with the embedded default configuration runs for the
 command's duration.
+
+Expected failures (bad data, a missing file, a daemon that cannot be reached or refuses a
+request) end the command with one line on stderr naming what failed and what to do, exit code
+1 (2 for bad data or arguments); the traceback only with ``labd --log-level debug``. A run
+folder keeps every finished epoch (``--resume`` continues it); ``labd reproduce --resume``
+keeps the finished runs and resumes the others.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
+from labd.client import LabError, ReplyTimeout
 from labd.train.datasets import DataError
+
+log = logging.getLogger("labd.train")
+
+#: Failures of normal use: reported in one line, not as a traceback.
+EXPECTED = (LabError, DataError, OSError)
+
+
+def _failed(command: str, exc: Exception, then: str = "") -> int:
+    """Print one line for an expected failure of ``labd COMMAND`` and return its exit code
+    (the traceback is logged at debug level)."""
+    log.debug("labd %s failed", command, exc_info=exc)
+    if isinstance(exc, ReplyTimeout):
+        what = f"{exc.message} (is the daemon running? `labd status --endpoint E` tells)"
+    elif isinstance(exc, LabError):
+        what = f"the daemon refused a request: {exc}"
+    else:
+        what = str(exc)
+    print(f"labd {command}: {what}{then}", file=sys.stderr)
+    return 2 if isinstance(exc, DataError) else 1
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,9 +98,9 @@ def train(args: argparse.Namespace) -> int:
                                mnist_dir=args.mnist_dir, twin_path=args.twin,
                                backward=args.backward, refine=args.refine_twin,
                                progress=not args.no_progress, pipeline=not args.no_pipeline)
-    except DataError as exc:
-        print(f"labd train: {exc}")
-        return 2
+    except EXPECTED as exc:
+        return _failed("train", exc, f"; {args.out} keeps every finished epoch: run the same "
+                       f"command with --resume to continue" if Path(args.out).exists() else "")
     print(json.dumps({k: summary[k] for k in ("task", "system", "mode", "seed",
                                               "test_accuracy", "train_accuracy",
                                               "physical_queries", "wall_s")}, indent=2))
@@ -93,11 +121,14 @@ def twin_collect(args: argparse.Namespace) -> int:
     from labd.train.run import daemon_endpoints
     from labd.train.twins import collect
 
-    with daemon_endpoints([args.endpoint] if args.endpoint else None) as eps, \
-            Connections() as conns:
-        hw = conns.hardware(eps[0], args.system)
-        data = collect(hw, args.samples, args.repeats, seed=args.seed)
-    data.save(args.out)
+    try:
+        with daemon_endpoints([args.endpoint] if args.endpoint else None) as eps, \
+                Connections() as conns:
+            hw = conns.hardware(eps[0], args.system)
+            data = collect(hw, args.samples, args.repeats, seed=args.seed)
+        data.save(args.out)
+    except EXPECTED as exc:
+        return _failed("twin collect", exc, f"; nothing was written to {args.out}")
     print(f"{len(data.y)} points x {data.repeats} repeats of {args.system} -> {args.out} "
           f"(noise std {data.noise_std:.4g})")
     return 0
@@ -156,9 +187,8 @@ def twin_fit(args: argparse.Namespace) -> int:
             data = TwinData.load(args.data)
             source, description, (x, theta, y) = data, data.description, (
                 data.x, data.theta, data.y)
-    except DataError as exc:
-        print(f"labd twin fit: {exc}")
-        return 2
+    except EXPECTED as exc:
+        return _failed("twin fit", exc)
     family = args.family or twin_family(description)
     twin, report = fit_twin(source, description, family, hidden=tuple(args.hidden),
                             epochs=args.epochs, seed=args.seed)
@@ -186,6 +216,9 @@ def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
                    help="run only experiments matching this prefix (repeatable)")
     p.add_argument("--mnist-dir", metavar="DIR")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs OUT already finished and continue the others from "
+                        "their checkpoints (after an interruption or a failure)")
     p.add_argument("--combine", nargs="+", metavar="PART.json",
                    help="train nothing: merge these result files (reproduce processes run "
                         "side by side; --only filters them) into --json and print the table")
@@ -199,10 +232,13 @@ def reproduce(args: argparse.Namespace) -> int:
         combine(args.combine, args.json or Path(args.out) / "results.json", args.only)
         return 0
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
-    run(args.out, quick=args.quick, seeds=seeds, first_seed=args.first_seed,
-        json_path=args.json,
-        endpoint=args.endpoint, only=args.only, mnist_dir=args.mnist_dir,
-        progress=not args.no_progress)
+    try:
+        run(args.out, quick=args.quick, seeds=seeds, first_seed=args.first_seed,
+            json_path=args.json, endpoint=args.endpoint, only=args.only,
+            mnist_dir=args.mnist_dir, progress=not args.no_progress, resume=args.resume)
+    except EXPECTED as exc:
+        return _failed("reproduce", exc, f"; {args.out} keeps the finished runs and epochs: "
+                       f"run the same command with --resume to continue")
     return 0
 
 

@@ -11,7 +11,9 @@ Contract of ``Trainer(network, dataset, config, run_dir, hardware)``:
   ``run_dir/checkpoint.pt`` (state dicts of the network, optimiser, scheduler and any refined
   twins, plus counters; tensors and plain values only, loaded with ``weights_only=True``);
 * ``run(resume=True)`` continues from the checkpoint: the same epochs, the same shuffles (each
-  epoch's order is seeded by ``seed`` and the epoch number), counters carried on;
+  epoch's order is seeded by ``seed`` and the epoch number), counters carried on; a checkpoint
+  written before its epoch's test evaluation was measured (pipelined, see below) gets that
+  evaluation first;
 * after the last epoch: the final hardware accuracy on the test set and on (up to
   ``eval_train_max`` of) the training set, the test confusion matrix and example physical
   outputs, returned as a dict.
@@ -33,9 +35,10 @@ idles less. (With twin refinement the
 evaluation stays synchronous: the plain loop's refiner also records the evaluation's shots, at
 the end of the epoch.) Epoch ``k``'s metrics row and its
 checkpoint are written once its evaluation is measured (the checkpoint holds the state as it was
-at the end of epoch ``k``, copied then), so a checkpoint always comes with its row and resuming
-is unchanged. ``pipeline=False`` is the plain synchronous loop (one request per layer and
-minibatch, the evaluation after each epoch), for comparison or any doubt.
+at the end of epoch ``k``, copied then); until then a checkpoint of that state holds the row as
+``unevaluated``, so that a run failing during epoch ``k + 1`` resumes after epoch ``k``.
+``pipeline=False`` is the plain synchronous loop (one request per layer and minibatch, the
+evaluation after each epoch), for comparison or any doubt.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from tqdm import tqdm
 from labd.train.datasets import Dataset
 from labd.train.hardware import Hardware
 from labd.train.layers import PhysicalNetwork
-from labd.train.pipeline import Evaluation, Pipeline, filler_sizes
+from labd.train.pipeline import Evaluation, Pipeline, filler_sizes, samples_per_request
 from labd.train.twins import TwinRefiner
 
 METRICS = ["epoch", "train_loss", "train_acc", "test_acc", "test_acc_model",
@@ -120,6 +123,8 @@ class Trainer:
         self.query_offset = 0
         self.wall_offset = 0.0
         self.rows: list[dict[str, Any]] = []
+        #: the metrics row of the checkpoint's epoch when its test evaluation is still to come
+        self.unevaluated: dict[str, Any] | None = None
         self._q0 = self._hw_queries()
         self._t0 = time.perf_counter()
 
@@ -160,7 +165,8 @@ class Trainer:
         self.wall_offset = float(state["wall_s"])
         self._q0 = self._hw_queries()
         self._t0 = time.perf_counter()
-        self.rows = self._read_metrics()[: self.epoch]
+        self.unevaluated = state.get("unevaluated")
+        self.rows = self._read_metrics()[: self.epoch - (self.unevaluated is not None)]
 
     def _read_metrics(self) -> list[dict[str, Any]]:
         path = self.dir / "metrics.csv"
@@ -188,8 +194,11 @@ class Trainer:
         """Predicted classes of ``x`` along ``path`` (``hardware`` or ``model``)."""
         self.net.set_path(path)  # type: ignore[arg-type]
         # eval_batch counts shots per request: each sample is one shot per unit of a layer
-        units = max((layer.units for layer in self.net.physical_layers()), default=1)
+        layers = self.net.physical_layers()
+        units = max((layer.units for layer in layers), default=1)
         step = max(1, self.cfg.eval_batch // units)
+        if path == "hardware":  # within the daemons' message limits
+            step = min(step, samples_per_request(layers) or step)
         out = []
         for i in range(0, len(x), step):
             scores = self.net(torch.from_numpy(x[i:i + step]), keep)
@@ -237,6 +246,9 @@ class Trainer:
     def run(self, resume: bool = False) -> dict[str, Any]:
         if resume and self.checkpoint_path.exists():
             self.load_checkpoint()
+            if self.unevaluated is not None:  # the test evaluation the failure interrupted
+                self._evaluate_now(dict(self.unevaluated))
+                self.unevaluated = None
         x = torch.from_numpy(self.data.x_train)
         y = torch.from_numpy(self.data.y_train)
         x_test = torch.from_numpy(self.data.x_test)
@@ -285,18 +297,23 @@ class Trainer:
                 row["physical_queries"] = self.queries() + self._eval_shots()
                 pending = _Pending(row, pipe.evaluate(x_test), copy.deepcopy(self._state()))
                 pending.state["queries"] = row["physical_queries"]
+                self.save_checkpoint({**pending.state, "unevaluated": row})
                 if self.epoch == self.cfg.epochs:
                     pipe.drain()
                     self._close(pending)
                     pending = None
             else:
-                self.net.eval()
-                row["test_acc"] = float(np.mean(self.predict(self.data.x_test, "hardware")
-                                                == self.data.y_test))
-                self._close(_Pending(row, None, None))
+                self._evaluate_now(row)
             bar.set_postfix(loss=f"{total_loss / len(y):.3f}",
                             test=f"{self.rows[-1]['test_acc']:.3f}" if self.rows else "-")
         return self.finish()
+
+    def _evaluate_now(self, row: dict[str, Any]) -> None:
+        """Epoch ``row``'s test accuracy on the hardware, measured now, and its closing."""
+        self.net.eval()
+        row["test_acc"] = float(np.mean(self.predict(self.data.x_test, "hardware")
+                                        == self.data.y_test))
+        self._close(_Pending(row, None, None))
 
     def _close(self, pending: _Pending) -> None:
         """An epoch whose test evaluation is measured: the digital model's accuracy (digital

@@ -56,6 +56,7 @@ counted in ``hardware.queries`` as ``Hardware.forward`` does.
 from __future__ import annotations
 
 import copy
+import sys
 from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -215,6 +216,21 @@ def filler_sizes(samples: int, layers: int, steps: int) -> tuple[int, int]:
     return short, max(1, round(per_step - short * (layers - 1)))
 
 
+def samples_per_request(layers: list[PhysicalLayer]) -> int | None:
+    """The most samples (``units`` rows each) one request of every layer in ``layers`` may
+    carry under its daemon's message limit (``LabClient.forward_rows``), at least 1 (a single
+    sample over the limit is split by the client); ``None`` when no limit is known."""
+    most = None
+    for layer in layers:
+        hw = layer.hardware
+        rows_of = getattr(hw.client, "forward_rows", None) if hw is not None else None
+        rows = None if rows_of is None else rows_of(hw.system, layer.input_dim,
+                                                    layer.param_dim, layer.units > 1)
+        if rows is not None:
+            most = min(most or rows, max(1, rows // layer.units))
+    return most
+
+
 def _even(n: int, most: int) -> list[slice]:
     """``n`` rows cut into the fewest chunks of at most ``most`` rows, of sizes differing by at
     most one (49 rows, 11 at most: 10, 10, 10, 10, 9; not 11, 11, 11, 11, 5: a short chunk
@@ -331,10 +347,13 @@ class Pipeline:
                  wide: tuple[int, int] | None = None) -> None:
         self.net = net
         self.jacobians = jacobians
-        self.wide = wide
+        # every request within the daemons' message limits (whole samples)
+        self.most = samples_per_request(net.physical_layers()) or sys.maxsize
+        self.wide = None if wide is None else (min(wide[0], self.most),
+                                               min(wide[1], self.most))
         self.loss_sum = loss_sum
-        self.chunk = chunk
-        self.eval_chunk = eval_chunk or chunk
+        self.chunk = min(chunk, self.most)
+        self.eval_chunk = min(eval_chunk or chunk, self.most)
         self.fill = fill
         self.batched = batched
         self.inflight: deque[_InFlight] = deque()  # in the order sent: answered FIFO
@@ -481,7 +500,7 @@ class Pipeline:
             for f in flows:
                 self.fillers.remove(f)
             x = torch.cat([f.x for f in flows if f.x is not None])
-            halves = _even(x.shape[0], -(-x.shape[0] // 2))
+            halves = _even(x.shape[0], min(-(-x.shape[0] // 2), self.most))
             for rows in halves:
                 self.fillers.append(_EvalFlow(_eval_forward(evaluation.network, x[rows]),
                                               evaluation, rows.start, x=x[rows]))
@@ -593,7 +612,7 @@ class Pipeline:
         layers, segments = self._segments()
         wide = self.wide is not None and self.fill and bool(self.fillers)
         jacobians = self._jacobians(layers)
-        chunk = batch if wide else self.chunk
+        chunk = min(batch, self.most) if wide else self.chunk
         chunks = [slice(start, min(start + chunk, batch)) for start in range(0, batch, chunk)]
         sent: list[list[tuple[torch.Tensor, torch.Tensor] | None]] = [
             [None] * len(chunks) for _ in layers]

@@ -23,7 +23,7 @@ import collections
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +63,21 @@ EXPERIMENTS = [
     Experiment("mnist", "shg", "pat", "SHG x16 + digital (hybrid)", "97%"),
 ]
 
-#: quick mode: MNIST subset sizes (train, test), an epoch cap and smaller twins.
-QUICK_SUBSET = (4000, 1000)
-QUICK_EPOCHS = {"vowels": 40, "mnist": 2}
-QUICK_TWIN = {"twin_samples": 3000, "twin_epochs": 8}
+@dataclass(frozen=True)
+class Budget:
+    """What each run may spend: MNIST subset sizes ``(train, test)`` (``None``: all of it),
+    epochs per task (absent: the design's) and overrides of the design's twin fields."""
+
+    subset: tuple[int, int] | None = None
+    epochs: dict[str, int] = field(default_factory=dict)
+    twin: dict[str, int] = field(default_factory=dict)
+
+
+#: The paper's budgets: the designs as they are.
+FULL = Budget()
+#: ``quick``: MNIST subsets, an epoch cap and smaller twins.
+QUICK = Budget((4000, 1000), {"vowels": 40, "mnist": 2}, {"twin_samples": 3000,
+                                                          "twin_epochs": 8})
 
 
 def experiment_key(result: dict[str, Any]) -> str:
@@ -102,9 +113,13 @@ def table(results: list[dict[str, Any]]) -> str:
 def reproduce(out: str | Path, quick: bool = False, seeds: int = 3, first_seed: int = 0,
               json_path: str | Path | None = None, endpoint: str | None = None,
               only: list[str] | None = None, mnist_dir: str | Path | None = None,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, budget: Budget | None = None,
+              resume: bool = False) -> dict[str, Any]:
     """Run the experiments for seeds ``first_seed .. first_seed + seeds - 1``; ``only``
-    filters by prefixes of ``Experiment.key``."""
+    filters by prefixes of ``Experiment.key``; ``budget`` (default ``QUICK`` if ``quick``,
+    else ``FULL``) sizes each run. ``resume``: a run whose folder has its ``summary.json``
+    is taken as it is, the others continue from their checkpoints."""
+    budget = budget or (QUICK if quick else FULL)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -124,14 +139,17 @@ def reproduce(out: str | Path, quick: bool = False, seeds: int = 3, first_seed: 
         for exp in chosen:
             for seed in range(first_seed, first_seed + seeds):
                 run_dir = out / f"{exp.key.replace(':', '-')}-s{seed}"
-                arch = default_arch(exp.task, exp.system, refine=exp.refine,
-                                    epochs=QUICK_EPOCHS[exp.task] if quick else None,
-                                    **(QUICK_TWIN if quick else {}))
-                summary = run_training(
-                    task=exp.task, system=exp.system, mode=exp.mode, out=run_dir,
-                    endpoints=eps, seed=seed, arch=arch,
-                    subset=QUICK_SUBSET if quick and exp.task == "mnist" else None,
-                    mnist_dir=mnist_dir, progress=progress)
+                done = run_dir / "summary.json"
+                if resume and done.exists():
+                    summary = json.loads(done.read_text())
+                else:
+                    arch = default_arch(exp.task, exp.system, refine=exp.refine,
+                                        epochs=budget.epochs.get(exp.task), **budget.twin)
+                    summary = run_training(
+                        task=exp.task, system=exp.system, mode=exp.mode, out=run_dir,
+                        endpoints=eps, seed=seed, arch=arch, resume=resume,
+                        subset=budget.subset if exp.task == "mnist" else None,
+                        mnist_dir=mnist_dir, progress=progress)
                 summary["run_dir"] = str(run_dir)
                 summary["experiment"] = exp.key
                 results.append(summary)
