@@ -52,9 +52,9 @@ import zmq
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
-from protocols.frames import Reply, decode_reply, encode, encode_forward
+from protocols.frames import decode_reply, encode, encode_forward
 from protocols.transport import recv_frames, send_frames
-from protocols.v1 import DEFAULT_CONTROL_ENDPOINT, VERSION
+from protocols.v1 import DEFAULT_CONTROL_ENDPOINT, VERSION, ReplyHeader
 
 
 class LabError(Exception):
@@ -168,7 +168,7 @@ class LabClient:
         self._context = zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         self._pending: dict[str, list[Any]] = {}  # id -> request frames (to send again)
-        self._arrived: dict[str, tuple[Reply, dict[str, np.ndarray]]] = {}
+        self._arrived: dict[str, tuple[ReplyHeader, dict[str, np.ndarray]]] = {}
         self._submitted: dict[str, list[Any]] = {}  # id -> submitted frames, until result()
         self._split: dict[str, list[str]] = {}  # id of a split forward -> its parts' ids
         self._limit: int | None = None  # the daemon's max_message_bytes (hello)
@@ -256,7 +256,7 @@ class LabClient:
         return rid
 
     def wait(self, rid: str, timeout_s: float | None = None
-             ) -> tuple[Reply, dict[str, np.ndarray]]:
+             ) -> tuple[ReplyHeader, dict[str, np.ndarray]]:
         """The reply header and arrays of request ``rid``; raises ``LabError`` on error replies
         and ``ReplyTimeout`` when nothing comes within the timeout."""
         hit = self._arrived.pop(rid, None)
@@ -269,7 +269,7 @@ class LabClient:
             raise cls(err.message, err.retryable, str(err.code))
         return header, arrays
 
-    def _receive(self, rid: str, timeout: float) -> tuple[Reply, dict[str, np.ndarray]]:
+    def _receive(self, rid: str, timeout: float) -> tuple[ReplyHeader, dict[str, np.ndarray]]:
         """Receive replies until the one to ``rid`` comes (others wait in ``_arrived`` for
         their own ``wait``). A blocking receive, not a poll of two sockets: the connection's
         events are looked at whenever nothing came for ``LINK_CHECK_MS``."""
@@ -303,13 +303,13 @@ class LabClient:
 
     def call(self, op: str, fields: dict[str, Any] | None = None,
              arrays: tuple[tuple[str, np.ndarray], ...] = ()
-             ) -> tuple[Reply, dict[str, np.ndarray]]:
+             ) -> tuple[ReplyHeader, dict[str, np.ndarray]]:
         """Send a request and wait for its reply, retrying retryable failures with the same id."""
         return self._retrying(self.send(op, fields, arrays),
                               lambda rid: self.send(op, fields, arrays, request_id=rid))
 
     def _retrying(self, rid: str, resend: Any, failed: LabError | None = None
-                  ) -> tuple[Reply, dict[str, np.ndarray]]:
+                  ) -> tuple[ReplyHeader, dict[str, np.ndarray]]:
         """Wait for ``rid``, sending it again with ``resend(rid)`` after retryable failures
         (``failed``: how the first attempt failed, when the caller already waited once)."""
         for attempt in range(self.retries + 1):
@@ -332,7 +332,7 @@ class LabClient:
 
     def hello(self) -> dict[str, Any]:
         header, _ = self.call("hello")
-        reply = header.model_dump(exclude={"v", "id", "ok", "error", "arrays"})
+        reply = header.op_fields
         limit = reply.get("max_message_bytes")
         self._limit = limit if isinstance(limit, int) and limit > 0 else None
         self._limit_asked = True
@@ -357,11 +357,11 @@ class LabClient:
 
     def describe(self, system: str) -> dict[str, Any]:
         header, _ = self.call("describe", {"system": system})
-        return dict(header.model_extra["system"])
+        return dict(header.op_fields["system"])
 
     def status(self) -> dict[str, Any]:
         header, _ = self.call("status")
-        return header.model_dump(exclude={"v", "id", "ok", "error", "arrays"})
+        return header.op_fields
 
     def measure(self, system: str, x: np.ndarray, theta: np.ndarray) -> ForwardResult:
         """One physical forward pass: ``y``, the first row's ``seq`` and the instrument time
@@ -459,7 +459,7 @@ def curve_keys(server_public_file: str | Path, client_secret_file: str | Path
     return {"server_key": server_public, "public_key": public, "secret_key": secret}
 
 
-def _forward_result(header: Reply, arrays: dict[str, np.ndarray]) -> ForwardResult:
+def _forward_result(header: ReplyHeader, arrays: dict[str, np.ndarray]) -> ForwardResult:
     fields = header.fields
     y = arrays["y"]
     seq = int(fields["seq"])

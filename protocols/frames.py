@@ -10,8 +10,9 @@ Contract:
   JSON object, protocol version, header fields, frame count, dtypes, shapes and byte lengths.
   It returns the header and the arrays as read-only numpy views on the received buffers (no
   copy). Any failure raises ``ProtocolError`` carrying the protocol's error code and the
-  request's ``id`` when one was readable.
-* ``decode_reply(frames)`` is the client's side of the same checks.
+  request's ``id`` when one was readable. The header's fields are checked by
+  ``protocols.v1.request_header``.
+* ``decode_reply(frames)`` is the client's side of the same checks (``v1.reply_header``).
 
 Nothing here pickles: arrays travel as their raw bytes and are described by the header alone.
 Received headers are parsed with ``orjson`` (strict RFC 8259 JSON: ``NaN`` or ``Infinity``
@@ -30,14 +31,16 @@ from typing import Any
 import numpy as np
 import orjson
 import zmq
-from pydantic import ValidationError
 
 from protocols.v1 import (
-    SUPPORTED_VERSIONS,
     VERSION,
+    ArraySpec,
     ErrorCode,
+    ProtocolError,
     ReplyHeader,
     RequestHeader,
+    reply_header,
+    request_header,
 )
 
 # Element types an array frame may carry. Anything else (objects, strings, structured or
@@ -49,18 +52,6 @@ ALLOWED_DTYPES = frozenset(
 MAX_HEADER_BYTES = 64 * 1024
 
 Buffer = bytes | memoryview
-
-
-class ProtocolError(Exception):
-    """A request or reply that breaks the protocol; ``code`` is the error code to answer."""
-
-    def __init__(self, code: ErrorCode, message: str, request_id: str = "",
-                 retryable: bool = False) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.request_id = request_id
-        self.retryable = retryable
 
 
 def _buffer(frame: Any) -> memoryview:
@@ -182,7 +173,7 @@ def forward_reply(request_id: str, seq: int, elapsed_s: float, y: np.ndarray) ->
     return [head.encode(), _frame(y)]
 
 
-def _read_arrays(specs: Sequence[Spec], frames: Sequence[Any],
+def _read_arrays(specs: Sequence[ArraySpec], frames: Sequence[Any],
                  request_id: str) -> dict[str, np.ndarray]:
     """The arrays of ``frames[1:]`` (``frames[0]`` is the header) as ``specs`` describe them."""
     if len(frames) - 1 != len(specs):
@@ -221,12 +212,6 @@ def _read_arrays(specs: Sequence[Spec], frames: Sequence[Any],
     return out
 
 
-def peek_id(header: Any) -> str:
-    """The request ``id`` to echo: the header's ``id`` if it is a usable string, else ``""``."""
-    rid = header.get("id") if isinstance(header, dict) else None
-    return rid if isinstance(rid, str) and 0 < len(rid) <= 64 else ""
-
-
 def _load_header(frame: Any) -> dict[str, Any]:
     data = frame.bytes if type(frame) is zmq.Frame else bytes(_buffer(frame))
     if len(data) > MAX_HEADER_BYTES:
@@ -242,180 +227,19 @@ def _load_header(frame: Any) -> dict[str, Any]:
     return header
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "header"
-    return f"{where}: {err['msg']}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Headers as the hot path sees them. pydantic's ``model_validate`` of ``RequestHeader`` /
-# ``ReplyHeader`` costs ~10-20 us per message, more than the rest of the framing; the checks
-# below accept exactly the headers those models accept (strict types, no coercion, the same
-# bounds), and anything they do not accept goes through the pydantic model, which raises the
-# precise error (so error messages are pydantic's, as before). tests/protocols checks the two
-# agree on valid and mutated headers.
-
-#: One array frame's description: (name, dtype string, shape).
-Spec = tuple[str, str, list[int]]
-_ABSENT = object()
-
-
-class Request:
-    """A checked request header: ``v``, ``id``, ``op``, ``arrays`` (``Spec`` tuples) and
-    ``fields``, the header object itself (so ``fields["system"]`` is the operation's field)."""
-
-    __slots__ = ("arrays", "fields", "id", "op", "v")
-
-    def __init__(self, v: int, rid: str, op: str, arrays: list[Spec],
-                 fields: dict[str, Any]) -> None:
-        self.v, self.id, self.op, self.arrays, self.fields = v, rid, op, arrays, fields
-
-    @property
-    def model_extra(self) -> dict[str, Any]:
-        """The fields besides the common ones (as pydantic's ``model_extra``)."""
-        return {k: v for k, v in self.fields.items() if k not in _REQUEST_KEYS}
-
-
-class ErrorInfo:
-    __slots__ = ("code", "message", "retryable")
-
-    def __init__(self, code: str, message: str, retryable: bool) -> None:
-        self.code, self.message, self.retryable = code, message, retryable
-
-
-class Reply:
-    """A checked reply header: ``v``, ``id``, ``ok``, ``error`` (``ErrorInfo`` or None),
-    ``arrays`` and ``fields``, the header object itself."""
-
-    __slots__ = ("arrays", "error", "fields", "id", "ok", "v")
-
-    def __init__(self, v: int, rid: str, ok: bool, error: ErrorInfo | None,
-                 arrays: list[Spec], fields: dict[str, Any]) -> None:
-        self.v, self.id, self.ok, self.error, self.arrays, self.fields = \
-            v, rid, ok, error, arrays, fields
-
-    @property
-    def model_extra(self) -> dict[str, Any]:
-        """The operation's fields (everything but v, id, ok, error, arrays)."""
-        return {k: v for k, v in self.fields.items() if k not in _REPLY_KEYS}
-
-    def model_dump(self, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
-        """The header as a dict, without the keys in ``exclude`` (defaults filled in)."""
-        out = {"v": self.v, "id": self.id, "ok": self.ok,
-               "error": None if self.error is None else {
-                   "code": self.error.code, "message": self.error.message,
-                   "retryable": self.error.retryable},
-               "arrays": [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in self.arrays],
-               **self.model_extra}
-        return {k: v for k, v in out.items() if k not in exclude}
-
-
-_REQUEST_KEYS = frozenset(RequestHeader.model_fields)
-_REPLY_KEYS = frozenset(ReplyHeader.model_fields)
-
-
-def _specs(arrays: Any, max_length: int | None) -> list[Spec] | None:
-    """The array specs of a header's ``arrays`` value, or None unless ``ArraySpec`` surely
-    accepts every one (the caller then lets pydantic decide and word the error)."""
-    if type(arrays) is not list or (max_length is not None and len(arrays) > max_length):
-        return None
-    out: list[Spec] = []
-    for spec in arrays:
-        if type(spec) is not dict or len(spec) != 3:  # extra="forbid": exactly these three
-            return None
-        name, dtype, shape = spec.get("name"), spec.get("dtype"), spec.get("shape")
-        if type(name) is not str or type(dtype) is not str or type(shape) is not list \
-                or len(shape) > 8:
-            return None
-        for n in shape:
-            if type(n) is not int or n < 0:
-                return None
-        out.append((name, dtype, shape))
-    return out
-
-
-def _check_request(raw: dict[str, Any]) -> Request | None:
-    """``raw`` as a ``Request`` when ``RequestHeader`` surely accepts it, else None."""
-    v, rid, op = raw.get("v"), raw.get("id"), raw.get("op")
-    if type(v) is not int or type(rid) is not str or not 0 < len(rid) <= 64 \
-            or type(op) is not str:
-        return None
-    arrays = raw.get("arrays", _ABSENT)
-    specs = [] if arrays is _ABSENT else _specs(arrays, 16)
-    return None if specs is None else Request(v, rid, op, specs, raw)
-
-
-def _check_reply(raw: dict[str, Any]) -> Reply | None:
-    """``raw`` as a ``Reply`` when ``ReplyHeader`` surely accepts it, else None."""
-    v, rid, ok = raw.get("v", VERSION), raw.get("id", ""), raw.get("ok")
-    if type(v) is not int or type(rid) is not str or type(ok) is not bool:
-        return None
-    error = raw.get("error")
-    info = None
-    if error is not None:
-        if type(error) is not dict:
-            return None
-        code, message = error.get("code"), error.get("message")
-        retryable = error.get("retryable", False)
-        if type(code) is not str or type(message) is not str or type(retryable) is not bool \
-                or len(error) != 2 + ("retryable" in error):
-            return None
-        info = ErrorInfo(code, message, retryable)
-    arrays = raw.get("arrays", _ABSENT)
-    specs = [] if arrays is _ABSENT else _specs(arrays, None)
-    return None if specs is None else Reply(v, rid, ok, info, specs, raw)
-
-
-def _request_of(model: RequestHeader, raw: dict[str, Any]) -> Request:
-    return Request(model.v, model.id, model.op,
-                   [(a.name, a.dtype, list(a.shape)) for a in model.arrays], raw)
-
-
-def _reply_of(model: ReplyHeader, raw: dict[str, Any]) -> Reply:
-    err = model.error
-    return Reply(model.v, model.id, model.ok,
-                 None if err is None else ErrorInfo(err.code, err.message, err.retryable),
-                 [(a.name, a.dtype, list(a.shape)) for a in model.arrays], raw)
-
-
-def decode_request(frames: Sequence[Any]) -> tuple[Request, dict[str, np.ndarray]]:
+def decode_request(frames: Sequence[Any]) -> tuple[RequestHeader, dict[str, np.ndarray]]:
     """Check a request (frames after the routing envelope) and return its header and arrays."""
     if not frames:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "empty message: expected a header frame")
-    raw = _load_header(frames[0])
-    header = _check_request(raw)
-    if header is None or header.v not in SUPPORTED_VERSIONS:
-        rid = peek_id(raw)
-        version = raw.get("v")
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "header field 'v' (int) is missing or "
-                                "not an integer", rid)
-        if version not in SUPPORTED_VERSIONS:
-            raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION,
-                                f"protocol version {version} is not spoken here; supported: "
-                                f"{list(SUPPORTED_VERSIONS)}", rid)
-        try:
-            header = _request_of(RequestHeader.model_validate(raw), raw)
-        except ValidationError as exc:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, _first_error(exc), rid) from None
+    header = request_header(_load_header(frames[0]))
     return header, _read_arrays(header.arrays, frames, header.id)
 
 
-def decode_reply(frames: Sequence[Any]) -> tuple[Reply, dict[str, np.ndarray]]:
+def decode_reply(frames: Sequence[Any]) -> tuple[ReplyHeader, dict[str, np.ndarray]]:
     """Check a reply (frames after any empty delimiter) and return its header and arrays."""
     if not frames:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "empty reply")
-    raw = _load_header(frames[0])
-    header = _check_reply(raw)
-    if header is None:
-        try:
-            header = _reply_of(ReplyHeader.model_validate(raw), raw)
-        except ValidationError as exc:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"malformed reply: {_first_error(exc)}",
-                                peek_id(raw)) from None
-    if header.v != VERSION:
-        raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION, f"reply speaks version {header.v}")
+    header = reply_header(_load_header(frames[0]))
     return header, _read_arrays(header.arrays, frames, header.id)
 
 

@@ -33,7 +33,8 @@ import numpy as np
 from drivers.emulators.rig import EmulatedRig
 from drivers.visa.scpi import format_block
 
-Reply = str | bytes | None
+#: What a command handler answers: text, a binary block, or nothing (a command, not a query).
+Response = str | bytes | None
 
 
 def mnemonic(token: str) -> str:
@@ -91,7 +92,7 @@ class ScpiModel:
     def __init__(self) -> None:
         self.values = dict(self.settings)
         self.errors: deque[tuple[int, str]] = deque(maxlen=30)
-        self.handlers: dict[str, Callable[[str, bytes | None], Reply]] = {
+        self.handlers: dict[str, Callable[[str, bytes | None], Response]] = {
             "*IDN?": lambda a, b: self.idn, "*CLS": lambda a, b: self.errors.clear(),
             "*OPC?": lambda a, b: "1", "SYST:ERR?": lambda a, b: self._next_error()}
 
@@ -106,7 +107,7 @@ class ScpiModel:
         """Hook to canonicalise keys (an optional leading node)."""
         return key
 
-    def handle(self, text: str, block: bytes | None) -> Reply:
+    def handle(self, text: str, block: bytes | None) -> Response:
         key, args = parse_header(text)
         key = self.key(key)
         if key in self.handlers:
@@ -276,7 +277,7 @@ class OsaModel(ScpiModel):
                               spectrum)
         self.trace = 10 * np.log10(np.maximum(resampled, 10 ** (self.floor_dbm / 10)))
 
-    def _trace(self, args: str, block: bytes | None) -> Reply:
+    def _trace(self, args: str, block: bytes | None) -> Response:
         if args.strip().upper() != "TRA" or self.trace is None:
             self.error(-221, "Settings conflict; no trace TRA")
             return "0"

@@ -40,17 +40,16 @@ from labd.daemon.auth import AllowList, Authenticator, is_loopback, load_server_
 from labd.daemon.recording import Recorder, SequenceCounter
 from labd.daemon.system import PhysicalSystem, SystemFault
 from labd.daemon.worker import Job, SystemWorker, finish_job, measure_job
-from protocols.frames import (
-    Buffer,
+from protocols.frames import Buffer, decode_request, error_reply, ok_reply
+from protocols.transport import recv_frames, send_frames
+from protocols.v1 import (
+    SUPPORTED_VERSIONS,
+    VERSION,
+    ErrorCode,
     ProtocolError,
-    Request,
-    decode_request,
-    error_reply,
-    ok_reply,
+    RequestHeader,
     peek_id,
 )
-from protocols.transport import recv_frames, send_frames
-from protocols.v1 import SUPPORTED_VERSIONS, VERSION, ErrorCode
 
 log = logging.getLogger("labd.server")
 
@@ -376,7 +375,7 @@ class Daemon:
         raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown operation {op!r}; this daemon "
                             f"answers hello, describe, forward, status", rid)
 
-    def _system(self, header: Request) -> PhysicalSystem:
+    def _system(self, header: RequestHeader) -> PhysicalSystem:
         name = header.fields.get("system")
         if not isinstance(name, str):
             raise ProtocolError(ErrorCode.BAD_REQUEST,
@@ -388,7 +387,7 @@ class Daemon:
                                 f"no system {name!r}; this daemon has {list(self.systems)}",
                                 header.id) from None
 
-    def _forward(self, envelope: list[bytes], client: str, header: Request,
+    def _forward(self, envelope: list[bytes], client: str, header: RequestHeader,
                  system: PhysicalSystem, arrays: dict[str, Any]) -> list[Buffer] | None:
         rid = header.id
         if len(arrays) != 2 or "x" not in arrays or "theta" not in arrays:

@@ -29,8 +29,7 @@ import numpy as np
 from drivers.base import SMALL, Detector, Drive, InstrumentError, LimitError, span
 from drivers.registry import build_rig
 from labd.config import SystemConfig
-from protocols.frames import ProtocolError
-from protocols.v1 import ErrorCode
+from protocols.v1 import ErrorCode, ProtocolError
 
 
 def _finite(a: np.ndarray) -> bool:
