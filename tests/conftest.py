@@ -8,40 +8,17 @@ from pathlib import Path
 import pytest
 
 from labd.daemon.process import LocalDaemon
+from tests.configs import loopback, table
 
 #: A small test rig: a fast loopback, a slow loopback (20 ms per shot, realtime) with a queue
 #: of 4, and a loopback whose requests are limited to 64 KiB.
-TEST_CONFIG = """
-[server]
-max_message_bytes = 65536
-
-[systems.fast]
-kind = "loopback"
-input_dim = 4
-param_dim = 4
-output_dim = 4
-input_range = [-1.0, 1.0]
-param_range = [-1.0, 1.0]
-max_batch = 8
-encoding = { layout = "add" }
-physics = { gain = 2.0 }
-bench = { seed = 0, timing = "fast" }
-drive = { driver = "sim.dac" }
-detector = { driver = "sim.adc" }
-
-[systems.slow]
-kind = "loopback"
-input_dim = 4
-param_dim = 4
-output_dim = 4
-input_range = [-1.0, 1.0]
-param_range = [-1.0, 1.0]
-encoding = { layout = "add" }
-queue_depth = 4
-bench = { seed = 0, timing = "realtime", shot_s = 0.02 }
-drive = { driver = "sim.dac" }
-detector = { driver = "sim.adc" }
-"""
+_UNIT_RANGES = {"input_range": [-1.0, 1.0], "param_range": [-1.0, 1.0]}
+TEST_CONFIG = (
+    table("server", max_message_bytes=65536)
+    + loopback("fast", 4, **_UNIT_RANGES, max_batch=8, physics={"gain": 2.0},
+               bench={"seed": 0, "timing": "fast"})
+    + loopback("slow", 4, **_UNIT_RANGES, queue_depth=4,
+               bench={"seed": 0, "timing": "realtime", "shot_s": 0.02}))
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import pytest
 
 from labd.client import BadArray, LabClient, OutOfRange, ReplyTimeout, UnknownSystem
 from labd.daemon.process import LocalDaemon, free_port
+from tests.configs import loopback
 from tests.daemon.raw import RawClient, forward_header
 
 F4 = np.float32
@@ -75,7 +76,7 @@ def test_status_command_without_daemon():
 
 def test_config_check_reports_errors(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[systems.a]\nkind = "loopback"\ninput_dim = -3\n')
+    bad.write_text(loopback("a", 4, input_dim=-3))
     out = labd("config", "--check", str(bad))
     assert out.returncode == 2 and "systems.a.input_dim" in out.stdout
     out = labd("serve", "--config", str(bad))

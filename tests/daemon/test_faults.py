@@ -11,31 +11,25 @@ import zmq
 
 from labd.client import InstrumentFault, LabClient
 from labd.daemon.process import LocalDaemon
+from tests.configs import loopback
 from tests.daemon.raw import RawClient, forward_header
 
 F4 = np.float32
-SYSTEM = """
-[systems.{name}]
-kind = "loopback"
-input_dim = 3
-param_dim = 3
-output_dim = 3
-encoding = {{ layout = "add" }}
-timeout_s = {timeout_s}
-bench = {{ seed = 1 }}
-drive = {{ driver = "sim.dac" }}
-detector = {{ driver = "sim.adc", faults = {faults} }}
-"""
+
+
+def system(name: str, timeout_s: float, faults: dict) -> str:
+    """A 3-dimensional loopback whose ADC fails as ``faults`` says."""
+    return loopback(name, 3, timeout_s=timeout_s, bench={"seed": 1},
+                    detector={"driver": "sim.adc", "faults": faults})
 
 
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory):
     config = tmp_path_factory.mktemp("faults") / "faulty.toml"
     config.write_text(
-        SYSTEM.format(name="flaky", timeout_s=5,
-                      faults="{ disconnect = 0.1, garbage = 0.1, slow = 0.1, slow_s = 0.005 }")
-        + SYSTEM.format(name="hangs", timeout_s=0.3, faults="{ timeout = 1.0, hang_s = 2.0 }")
-        + SYSTEM.format(name="good", timeout_s=5, faults="{}"))
+        system("flaky", 5, {"disconnect": 0.1, "garbage": 0.1, "slow": 0.1, "slow_s": 0.005})
+        + system("hangs", 0.3, {"timeout": 1.0, "hang_s": 2.0})
+        + system("good", 5, {}))
     with LocalDaemon(config=config) as daemon:
         yield daemon
 
@@ -144,18 +138,9 @@ def test_a_reply_waiting_for_the_next_shots_is_delivered_when_they_hang(tmp_path
     the drive's first output succeeds, its second hangs), the watchdog delivers the waiting
     reply with the fault, instead of losing a measured and recorded result."""
     config = tmp_path / "drive_hangs.toml"
-    config.write_text("""
-[systems.slowdrive]
-kind = "loopback"
-input_dim = 3
-param_dim = 3
-output_dim = 3
-encoding = { layout = "add" }
-timeout_s = 0.5
-bench = { seed = 1, timing = "realtime", shot_s = 0.1 }
-drive = { driver = "sim.dac", faults = { timeout = 0.5, hang_s = 3.0, seed = 11 } }
-detector = { driver = "sim.adc" }
-""")
+    config.write_text(loopback(
+        "slowdrive", 3, timeout_s=0.5, bench={"seed": 1, "timing": "realtime", "shot_s": 0.1},
+        drive={"driver": "sim.dac", "faults": {"timeout": 0.5, "hang_s": 3.0, "seed": 11}}))
     with LocalDaemon(config=config) as daemon:
         raw = RawClient(daemon.endpoint)
         started = time.monotonic()

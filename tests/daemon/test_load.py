@@ -14,28 +14,16 @@ import numpy as np
 from labd.client import LabClient
 from labd.daemon.process import LocalDaemon
 from labd.store.reader import StoreReader
+from tests.configs import loopback, table
 
 CLIENTS = 8
 FORWARDS = 500
-SYSTEM = """
-[systems.{name}]
-kind = "loopback"
-input_dim = 8
-param_dim = 8
-output_dim = 8
-inline = {inline}
-encoding = {{ layout = "add" }}
-bench = {{ seed = 0 }}
-drive = {{ driver = "sim.dac" }}
-detector = {{ driver = "sim.adc" }}
-"""
 
 
 def test_eight_clients_five_hundred_forwards_each(tmp_path):
     config = tmp_path / "load.toml"
-    config.write_text("[server]\nqueue_depth = 64\n"
-                      + SYSTEM.format(name="worker", inline="false")
-                      + SYSTEM.format(name="inline", inline="true"))
+    config.write_text(table("server", queue_depth=64) + loopback("worker", 8, inline=False)
+                      + loopback("inline", 8, inline=True))
     store = tmp_path / "load.sqlite"
     results: dict[int, list[tuple[str, str, int, int]]] = {}
     errors: list[BaseException] = []

@@ -12,19 +12,9 @@ import zmq
 
 from labd.client import LabClient, ReplyTimeout, Unauthorized, curve_keys
 from labd.daemon.process import LocalDaemon, free_port
+from tests.configs import loopback, table
 
 F4 = np.float32
-SYSTEM = """
-[systems.{name}]
-kind = "loopback"
-input_dim = 2
-param_dim = 2
-output_dim = 2
-encoding = {{ layout = "add" }}
-bench = {{ seed = 0 }}
-drive = {{ driver = "sim.dac" }}
-detector = {{ driver = "sim.adc" }}
-"""
 
 
 def labd(*args: str) -> subprocess.CompletedProcess:
@@ -51,10 +41,9 @@ def keys(tmp_path_factory):
 def secure_daemon(keys):
     config = keys / "secure.toml"
     config.write_text(
-        f'[security]\ncurve = true\nserver_key = "{keys}/server/server.key_secret"\n'
-        f'clients = "{keys}/clients.toml"\n'
-        + SYSTEM.format(name="laser") + 'clients = ["alice"]\n'
-        + SYSTEM.format(name="plate"))
+        table("security", curve=True, server_key=f"{keys}/server/server.key_secret",
+              clients=f"{keys}/clients.toml")
+        + loopback("laser", 2, clients=["alice"]) + loopback("plate", 2))
     alice = curve_keys(keys / "server" / "server.key", keys / "alice" / "alice.key_secret")
     with LocalDaemon(config=config, curve=alice) as daemon:
         yield daemon
@@ -134,6 +123,6 @@ def test_non_loopback_bind_without_keys_is_refused():
 
 def test_restricting_systems_needs_curve(tmp_path):
     config = tmp_path / "bad.toml"
-    config.write_text(SYSTEM.format(name="laser") + 'clients = ["alice"]\n')
+    config.write_text(loopback("laser", 2, clients=["alice"]))
     out = labd("config", "--check", config)
     assert out.returncode == 2 and "curve = true" in out.stdout

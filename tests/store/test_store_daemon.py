@@ -18,31 +18,17 @@ import pytest
 from labd.client import LabClient, LabError
 from labd.daemon.process import LocalDaemon
 from labd.store.reader import StoreReader
-
-SYSTEM = """
-[systems.{name}]
-kind = "loopback"
-input_dim = 8
-param_dim = 8
-output_dim = 8
-input_range = [-1.0, 1.0]
-param_range = [-1.0, 1.0]
-inline = {inline}
-record = {record}
-encoding = {{ layout = "add" }}
-physics = {{ gain = 0.5 }}
-bench = {{ seed = 0, timing = "fast" }}
-drive = {{ driver = "sim.dac" }}
-detector = {{ driver = "sim.adc" }}
-"""
+from tests.configs import loopback
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("store-config") / "rig.toml"
-    path.write_text(SYSTEM.format(name="inline", inline="true", record="true")
-                    + SYSTEM.format(name="worker", inline="false", record="true")
-                    + SYSTEM.format(name="quiet", inline="false", record="false"))
+    rig = {"input_range": [-1.0, 1.0], "param_range": [-1.0, 1.0], "physics": {"gain": 0.5},
+           "bench": {"seed": 0, "timing": "fast"}}
+    path.write_text(loopback("inline", 8, inline=True, record=True, **rig)
+                    + loopback("worker", 8, inline=False, record=True, **rig)
+                    + loopback("quiet", 8, inline=False, record=False, **rig))
     return path
 
 
