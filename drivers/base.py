@@ -12,16 +12,27 @@ with ``patterns`` of shape ``[B, channels]`` in drive units (volts, mask transmi
 ``detector.read()`` returning ``[B, samples]`` in detector units. A drive that can hold at most
 ``max_shots`` patterns at a time (a pulse shaper holds one) is fed in chunks by the caller.
 
+Life cycle (``Instrument.open``, fixed): ``connect()`` the link, ``identify()`` and check the
+answer against ``idn_pattern``, ``configure()`` the instrument, mark it open; if any step fails,
+what was connected is disconnected and the error propagates. ``close()`` never raises, so after
+a fault the owner calls ``close()`` then ``open()`` and gets a freshly connected, re-identified,
+re-configured instrument. A driver writes the hooks and its instrument's commands; the
+sequence, the identity check and ``health()`` come from here. ``docs/writing-a-driver.md``
+is the author's guide.
+
 Every driver checks ``limits`` before a value reaches the instrument (hardware protection),
-raises ``InstrumentError`` naming itself and the failing command, and can be closed and opened
-again after a fault. Drivers know nothing of ZeroMQ, the daemon or training.
+raises ``InstrumentError`` naming itself and the failing command (``retryable`` when closing and
+opening again may help), and knows nothing of ZeroMQ, the daemon or training.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -32,7 +43,7 @@ SMALL = 64
 
 def span(a: np.ndarray) -> tuple[float, float]:
     """Smallest and largest element of a non-empty float array; NaN in both if any element is
-    NaN or infinite."""
+    NaN or infinite (so ``span(a)[0] != span(a)[0]`` says "not all finite")."""
     if a.size <= SMALL:
         values = a.ravel().tolist()
         # min/max of a list skip NaN depending on its position; a finite sum rules NaN and
@@ -46,7 +57,9 @@ def span(a: np.ndarray) -> tuple[float, float]:
 
 
 class InstrumentError(Exception):
-    """An instrument failed. ``retryable`` says whether reopening and retrying may succeed."""
+    """An instrument failed. ``retryable`` says whether reopening and retrying may succeed
+    (a timeout, a dropped link: yes; a wrong instrument, an error the instrument reports about
+    a setting: no)."""
 
     def __init__(self, instrument: str, message: str, command: str | None = None,
                  retryable: bool = True) -> None:
@@ -61,51 +74,167 @@ class LimitError(ValueError):
     """A value outside an instrument's configured safe range; nothing was sent."""
 
 
-class Instrument(ABC):
-    """Base of every driver: a named instrument that can be opened, identified and closed."""
+class Link(ABC):
+    """One connection to one instrument: ``drivers.visa.scpi.ScpiLink`` (pyvisa),
+    ``drivers.serial.line.LineLink`` (pyserial), or a lab's own.
+
+    ``opener`` makes the transport object (a pyvisa resource, a ``serial.Serial``); tests
+    replace it with a fake (``drivers.testing.ExpectedDialogue``). Every transport failure
+    becomes a retryable ``InstrumentError`` naming ``owner`` and the command, and the link
+    forgets the transport, so the next ``open()`` starts afresh.
+    """
+
+    def __init__(self, owner: str, address: str, timeout_s: float) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"{owner}: timeout_s must be positive, got {timeout_s}")
+        self.owner = owner
+        self.address = address
+        self.timeout_s = float(timeout_s)
+        self.opener: Callable[[], Any] = self.connect
+        self._port: Any = None
+
+    @abstractmethod
+    def connect(self) -> Any:
+        """Open and return the transport object (the default ``opener``)."""
+
+    @abstractmethod
+    def write(self, command: str) -> None:
+        """Send one command."""
+
+    @abstractmethod
+    def query(self, command: str) -> str:
+        """Send a query and return its reply line, stripped."""
+
+    @property
+    def is_open(self) -> bool:
+        return self._port is not None
+
+    def open(self) -> None:
+        """(Re)connect, dropping any previous transport first."""
+        self.close()
+        try:
+            self._port = self.opener()
+        except Exception as exc:  # pyvisa, pyserial, OSError...: all mean "not reachable"
+            raise InstrumentError(self.owner, f"cannot open {self.address}: {exc}",
+                                  "open") from exc
+
+    def close(self) -> None:
+        """Release the transport; never raises, even for a dead link."""
+        port, self._port = self._port, None
+        if port is not None:
+            with contextlib.suppress(Exception):  # a dead link may fail to close
+                port.close()
+
+    def io(self, command: str, action: Callable[[Any], Any]) -> Any:
+        """``action(transport)``; any failure but an ``InstrumentError`` closes the link and
+        becomes a retryable ``InstrumentError`` naming ``command``."""
+        if self._port is None:
+            raise InstrumentError(self.owner, "not open", command)
+        try:
+            return action(self._port)
+        except InstrumentError:
+            raise
+        except Exception as exc:  # timeouts, dropped sockets, unplugged USB serial...
+            self.close()
+            raise InstrumentError(self.owner, f"{type(exc).__name__}: {exc}", command) from exc
+
+
+class Instrument:
+    """Base of every driver: a named instrument opened by one fixed sequence.
+
+    Class attributes a driver declares:
+
+    * ``idn_pattern``: regular expression the identification must match (``re.search``,
+      case-insensitive); ``None`` accepts any;
+    * ``idn_query``: what ``identify()`` asks the link (``*IDN?``);
+    * ``reported``: attribute names ``health()`` adds to its report.
+
+    Hooks a driver may override: ``connect``/``disconnect`` (default: open/close ``self.link``),
+    ``identify`` (default: ``link.query(idn_query)``), ``configure`` (default: nothing).
+    """
+
+    idn_pattern: ClassVar[str | None] = None
+    idn_query: ClassVar[str] = "*IDN?"
+    reported: ClassVar[tuple[str, ...]] = ()
+    #: The driver's connection, if it has one (set in ``__init__``).
+    link: Link | None = None
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.is_open = False
+        self.idn = ""
+
+    # -- the life cycle (not to be overridden) ----------------------------------------------
+    @property
+    def connected(self) -> bool:
+        """Whether the link is up (a transport fault drops it); ``True`` without a link."""
+        return self.link is None or self.link.is_open
 
     def open(self) -> None:
-        """Connect and check the instrument's identity. Idempotent."""
+        """Connect, identify, configure, mark open; on failure disconnect and re-raise.
+        Idempotent while connected; after a fault that dropped the link, opens afresh."""
+        if self.is_open and self.connected:
+            return
+        self.close()
+        try:
+            self.connect()
+            self.idn = self.check_identity(self.identify())
+            self.configure()
+        except BaseException:
+            self.close()
+            raise
         self.is_open = True
 
     def close(self) -> None:
-        """Release the instrument. Idempotent; never raises for an already dead link."""
+        """Mark closed and release the link. Idempotent; never raises, even for a dead link."""
         self.is_open = False
+        with contextlib.suppress(Exception):
+            self.disconnect()
 
-    @abstractmethod
-    def identify(self) -> str:
-        """The instrument's own identification (``*IDN?`` or equivalent)."""
+    def check_identity(self, idn: str) -> str:
+        """``idn`` if it matches ``idn_pattern``, else a non-retryable ``InstrumentError``."""
+        pattern = self.idn_pattern
+        if pattern is not None and not re.search(pattern, idn, re.IGNORECASE):
+            where = self.link.address if self.link is not None else self.name
+            raise InstrumentError(self.name, f"{where} identifies as {idn!r}, not an "
+                                  f"instrument of this driver ({pattern})", self.idn_query,
+                                  retryable=False)
+        return idn
 
     def health(self) -> dict[str, Any]:
-        """A small JSON-able report of the instrument's state for ``status``."""
-        return {"open": self.is_open}
+        """A small JSON-able report for ``status``: open, identity and the ``reported``
+        attributes."""
+        report: dict[str, Any] = {"open": self.is_open and self.connected, "idn": self.idn}
+        if self.link is not None:
+            report["address"] = self.link.address
+        report.update((key, getattr(self, key)) for key in self.reported)
+        return report
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Open the link (after a fault too: the link drops any dead transport first)."""
+        if self.link is not None:
+            self.link.open()
+
+    def disconnect(self) -> None:
+        """Release the link. Must not raise for a dead link."""
+        if self.link is not None:
+            self.link.close()
+
+    def identify(self) -> str:
+        """The instrument's own identification (``*IDN?`` or equivalent)."""
+        if self.link is None:
+            raise NotImplementedError(f"{type(self).__name__} has no link: override identify()")
+        return self.link.query(self.idn_query)
+
+    def configure(self) -> None:
+        """Put the identified instrument in the state the driver needs (settings, modes)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
 
-class LinkedInstrument:
-    """Mixin for a driver that talks through one link object (``drivers.visa.scpi.ScpiLink``,
-    ``drivers.serial.line.LineLink``): closing closes the link; ``identify`` checks the
-    instrument's ``*IDN?`` answer against the class's ``idn_pattern`` (a regular expression)."""
-
-    idn_pattern: str
-    link: Any
-    is_open: bool
-
-    def close(self) -> None:
-        self.link.close()
-        self.is_open = False
-
-    def identify(self) -> str:
-        return self.link.identify(self.idn_pattern)
-
-
-class Drive(Instrument):
+class Drive(Instrument, ABC):
     """Sets the control of each shot: ``channels`` values within ``limits`` (drive units)."""
 
     #: Largest number of patterns the instrument holds at once; ``None`` for no limit.
@@ -144,7 +273,7 @@ class Drive(Instrument):
         """Play ``patterns`` (already checked); return when the instrument has them."""
 
 
-class Detector(Instrument):
+class Detector(Instrument, ABC):
     """Measures ``samples`` values per shot."""
 
     def __init__(self, name: str, samples: int) -> None:
@@ -152,9 +281,20 @@ class Detector(Instrument):
         if samples < 1:
             raise ValueError(f"{name}: samples must be positive, got {samples}")
         self.samples = samples
+        self._shots = 0
 
     def arm(self, shots: int) -> None:
-        """Prepare to record ``shots`` shots (set up a trigger, a segment count...)."""
+        """Prepare to record ``shots`` shots (set up a trigger, a segment count...). The
+        default remembers the count for ``armed()``."""
+        self._shots = shots
+
+    def armed(self, command: str) -> int:
+        """The shots armed for, consumed: a non-retryable ``InstrumentError`` naming
+        ``command`` if ``read()`` comes without ``arm()``."""
+        shots, self._shots = self._shots, 0
+        if shots < 1:
+            raise InstrumentError(self.name, "read() without arm()", command, retryable=False)
+        return shots
 
     @abstractmethod
     def read(self) -> np.ndarray:

@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from drivers.base import Drive, InstrumentError, LinkedInstrument
+from drivers.base import Drive, InstrumentError
 from drivers.serial.line import LineLink
 
 IDN_PATTERN = r"^[^,]+,PULSESHAPER,"
 FULL_SCALE = 65535
 
 
-class SerialPulseShaper(LinkedInstrument, Drive):
+class SerialPulseShaper(Drive):
     idn_pattern = IDN_PATTERN
     max_shots = 1
+    link: LineLink
 
     def __init__(self, name: str, channels: int, limits: tuple[float, float], port: str,
                  baudrate: int = 115200, timeout_s: float = 2.0) -> None:
@@ -40,20 +41,12 @@ class SerialPulseShaper(LinkedInstrument, Drive):
         if self.limits[0] < 0.0 or self.limits[1] > 1.0:
             raise ValueError(f"{name}: a shaper transmits 0..1, limits {self.limits} exceed it")
         self.link = LineLink(name, port, baudrate, timeout_s)
-        self.idn = ""
 
-    def open(self) -> None:
-        self.link.open()
-        self.idn = self.identify()
+    def configure(self) -> None:
         reply = self.link.query("CHAN?")
         if reply != str(self.channels):
-            self.link.close()
             raise InstrumentError(self.name, f"the shaper has {reply} channels, configured "
                                   f"{self.channels}", "CHAN?", retryable=False)
-        self.is_open = True
-
-    def health(self) -> dict[str, object]:
-        return {"open": self.is_open, "idn": self.idn, "port": self.link.port}
 
     def _output(self, patterns: np.ndarray) -> None:
         codes = np.round(patterns[0] * FULL_SCALE).astype(np.int64)

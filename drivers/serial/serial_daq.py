@@ -37,7 +37,8 @@ IDN_PATTERN = r"^[^,]+,SERIALDAQ,"
 
 
 class SerialDaqBoard:
-    """One board on one port, shared by the DAC and ADC drivers that name that port."""
+    """One board on one port, shared by the DAC and ADC drivers that name that port: the port
+    opens for its first user and closes after its last."""
 
     _boards: ClassVar[dict[str, SerialDaqBoard]] = {}
 
@@ -61,20 +62,25 @@ class SerialDaqBoard:
         return board
 
     def attach(self, user: Instrument) -> None:
-        """Open the port for ``user`` unless it is already open and healthy."""
-        if not self.link.is_open:
-            self.link.open()
-            self.idn = self.link.identify(IDN_PATTERN)
-            reply = self.link.query("INFO?")
-            try:
-                self.info = {k: float(v) for k, v in
-                             (item.split("=", 1) for item in reply.split())}
-            except ValueError:
-                self.link.close()
-                raise InstrumentError(self.link.owner, f"unreadable INFO? reply {reply!r}",
-                                      "INFO?", retryable=False) from None
-            self.link.command(f"RATE {self.sample_rate:.10g}")
+        """Count ``user`` in; open the port and ask its identity unless it is open already."""
         self.users.add(user)
+        if not self.link.is_open:
+            self.info = {}
+            self.link.open()
+            self.idn = self.link.query("*IDN?")
+
+    def configure(self) -> None:
+        """Read the board's ranges and set the common rate, once per opening of the port."""
+        if self.info:
+            return
+        reply = self.link.query("INFO?")
+        try:
+            info = {k: float(v) for k, v in (item.split("=", 1) for item in reply.split())}
+        except ValueError:
+            raise InstrumentError(self.link.owner, f"unreadable INFO? reply {reply!r}",
+                                  "INFO?", retryable=False) from None
+        self.link.command(f"RATE {self.sample_rate:.10g}")
+        self.info = info
 
     def detach(self, user: Instrument) -> None:
         self.users.discard(user)
@@ -87,21 +93,30 @@ class SerialDaqBoard:
                 2 ** int(self.info[f"{side}_bits"]) - 1)
 
 
-class _OnBoard:
-    """``close``, ``identify`` and ``health`` of a converter on a shared ``SerialDaqBoard``."""
+class _OnBoard(Instrument):
+    """The life-cycle hooks of a converter on a shared ``SerialDaqBoard``."""
 
+    idn_pattern = IDN_PATTERN
     board: SerialDaqBoard
-    is_open: bool
 
-    def close(self) -> None:
+    @property
+    def connected(self) -> bool:
+        return self.board.link.is_open
+
+    def connect(self) -> None:
+        self.board.attach(self)
+
+    def disconnect(self) -> None:
         self.board.detach(self)
-        self.is_open = False
 
     def identify(self) -> str:
-        return self.board.link.identify(IDN_PATTERN)
+        return self.board.idn
+
+    def configure(self) -> None:
+        self.board.configure()
 
     def health(self) -> dict[str, object]:
-        return {"open": self.is_open, "idn": self.board.idn, "port": self.board.link.port}
+        return {**super().health(), "address": self.board.link.address}
 
 
 class SerialDaqDAC(_OnBoard, Drive):
@@ -115,19 +130,16 @@ class SerialDaqDAC(_OnBoard, Drive):
         self.max_points = max_points
         self.max_shots = max_points // channels
 
-    def open(self) -> None:
-        self.board.attach(self)
+    def configure(self) -> None:
+        super().configure()
         lo, hi, _ = self.board.scale("dac")
-        problem = None
         if self.limits[0] < lo or self.limits[1] > hi:
-            problem = f"limits {self.limits} exceed the board's DAC range [{lo:g}, {hi:g}] V"
-        elif self.max_points > self.board.info["max_points"]:
-            problem = f"max_points {self.max_points} exceeds the board's " \
-                      f"{self.board.info['max_points']:g}"
-        if problem:
-            self.board.detach(self)
-            raise InstrumentError(self.name, problem, "INFO?", retryable=False)
-        self.is_open = True
+            raise InstrumentError(self.name, f"limits {self.limits} exceed the board's DAC "
+                                  f"range [{lo:g}, {hi:g}] V", "INFO?", retryable=False)
+        if self.max_points > self.board.info["max_points"]:
+            raise InstrumentError(self.name, f"max_points {self.max_points} exceeds the "
+                                  f"board's {self.board.info['max_points']:g}", "INFO?",
+                                  retryable=False)
 
     def _output(self, patterns: np.ndarray) -> None:
         lo, hi, full = self.board.scale("dac")
@@ -140,19 +152,9 @@ class SerialDaqADC(_OnBoard, Detector):
                  timeout_s: float = 5.0, sample_rate: float = 48000.0) -> None:
         super().__init__(name, samples)
         self.board = SerialDaqBoard.shared(port, baudrate, timeout_s, sample_rate)
-        self._shots = 0
-
-    def open(self) -> None:
-        self.board.attach(self)
-        self.is_open = True
-
-    def arm(self, shots: int) -> None:
-        self._shots = shots
 
     def read(self) -> np.ndarray:
-        if self._shots < 1:
-            raise InstrumentError(self.name, "read() without arm()", "RUN", retryable=False)
-        shots, self._shots = self._shots, 0
+        shots = self.armed("RUN")
         points = shots * self.samples
         command = f"RUN {points}"
         link = self.board.link

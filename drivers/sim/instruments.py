@@ -15,25 +15,26 @@ from typing import Any
 
 import numpy as np
 
-from drivers.base import Detector, Drive, InstrumentError
+from drivers.base import Detector, Drive, Instrument, InstrumentError
 from drivers.sim.bench import Bench
 from drivers.sim.faults import FaultInjector
 
 
-class _OnBench:
-    """What the simulated drive and detector share: the bench, the injected faults, the link."""
-
-    name: str
-    is_open: bool
+class _OnBench(Instrument):
+    """What the simulated drive and detector share: the bench, the injected faults, the link
+    (up again after ``close()`` and ``open()``, as a real link is after a reconnect)."""
 
     def _attach(self, bench: Bench, faults: dict[str, Any] | None) -> None:
         self.bench = bench
         self.faults = FaultInjector(**{"seed": bench.seed, **(faults or {})})
         self._link_down = False
 
-    def open(self) -> None:
+    @property
+    def connected(self) -> bool:
+        return not self._link_down
+
+    def connect(self) -> None:
         self._link_down = False
-        super().open()  # type: ignore[misc]
 
     def identify(self) -> str:
         return f"labd,{type(self).__name__},{type(self.bench).__name__} seed {self.bench.seed}"

@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from drivers.base import Drive, InstrumentError, LinkedInstrument
-from drivers.visa.scpi import ScpiLink
+from drivers.base import Drive
+from drivers.visa.scpi import ScpiInstrument, ScpiLink
 
 IDN_PATTERN = r"(Agilent|Keysight) Technologies,33[56]\d\d[AB]"
 #: Largest output voltage magnitude (V) by load.
@@ -47,8 +47,10 @@ ARB_NAME = "labd"
 FULL_SCALE = 32767
 
 
-class Keysight33500B(LinkedInstrument, Drive):
+class Keysight33500B(ScpiInstrument, Drive):
     idn_pattern = IDN_PATTERN
+    reported = ("sample_rate", "limits")
+    link: ScpiLink
 
     def __init__(self, name: str, channels: int, limits: tuple[float, float], resource: str,
                  library: str = "", sample_rate: float = 1e6, source: int = 1,
@@ -75,28 +77,17 @@ class Keysight33500B(LinkedInstrument, Drive):
         self.amplitude = hi - lo
         self.offset = (hi + lo) / 2
         self.link = ScpiLink(name, resource, library, timeout_s)
-        self.idn = ""
 
-    def open(self) -> None:
+    def setup(self) -> list[str]:
         s = self.source
         lo, hi = self.limits
-        self.link.open()
-        self.idn = self.identify()
-        for command in ("*CLS", "FORM:BORD SWAP", f"OUTP{s}:LOAD {self.load}",
-                        f"SOUR{s}:VOLT:LIM:STAT OFF",
-                        f"SOUR{s}:VOLT:OFFS {self.offset:.6g}",
-                        f"SOUR{s}:VOLT {self.amplitude:.6g}",
-                        f"SOUR{s}:VOLT:LIM:HIGH {hi:.6g}", f"SOUR{s}:VOLT:LIM:LOW {lo:.6g}",
-                        f"SOUR{s}:VOLT:LIM:STAT ON",
-                        f"SOUR{s}:BURS:MODE TRIG", f"SOUR{s}:BURS:NCYC 1",
-                        f"TRIG{s}:SOUR BUS", f"SOUR{s}:BURS:STAT ON", f"OUTP{s} ON"):
-            self.link.write(command)
-        self.link.check_errors("open")
-        self.is_open = True
-
-    def health(self) -> dict[str, object]:
-        return {"open": self.is_open, "idn": self.idn, "sample_rate": self.sample_rate,
-                "volts": [self.limits[0], self.limits[1]]}
+        return ["*CLS", "FORM:BORD SWAP", f"OUTP{s}:LOAD {self.load}",
+                f"SOUR{s}:VOLT:LIM:STAT OFF",
+                f"SOUR{s}:VOLT:OFFS {self.offset:.6g}", f"SOUR{s}:VOLT {self.amplitude:.6g}",
+                f"SOUR{s}:VOLT:LIM:HIGH {hi:.6g}", f"SOUR{s}:VOLT:LIM:LOW {lo:.6g}",
+                f"SOUR{s}:VOLT:LIM:STAT ON",
+                f"SOUR{s}:BURS:MODE TRIG", f"SOUR{s}:BURS:NCYC 1",
+                f"TRIG{s}:SOUR BUS", f"SOUR{s}:BURS:STAT ON", f"OUTP{s} ON"]
 
     def codes(self, patterns: np.ndarray) -> np.ndarray:
         """The int16 DAC codes of ``patterns`` (volts), shots concatenated."""
@@ -104,15 +95,13 @@ class Keysight33500B(LinkedInstrument, Drive):
         return np.clip(np.round(scaled), -FULL_SCALE, FULL_SCALE).astype("<i2")
 
     def _output(self, patterns: np.ndarray) -> None:
-        if not self.link.is_open:
-            raise InstrumentError(self.name, "not open", "output")
         s = self.source
         upload = f"SOUR{s}:DATA:ARB:DAC {ARB_NAME},"
         self.link.write(f"SOUR{s}:DATA:VOL:CLE")
         self.link.write_block(upload, self.codes(patterns).tobytes())
-        self.link.check_errors(upload)
+        self.check_errors(upload)
         for command in (f"SOUR{s}:FUNC ARB", f"SOUR{s}:FUNC:ARB {ARB_NAME}",
                         f"SOUR{s}:FUNC:ARB:SRAT {self.sample_rate:.10g}"):
             self.link.write(command)
-        self.link.check_errors(f"SOUR{s}:FUNC:ARB {ARB_NAME}")
+        self.check_errors(f"SOUR{s}:FUNC:ARB {ARB_NAME}")
         self.link.write("*TRG")

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drivers.base import Detector, InstrumentError, LinkedInstrument
-from drivers.visa.scpi import ScpiLink
+from drivers.base import Detector, InstrumentError
+from drivers.visa.scpi import ScpiInstrument, ScpiLink
 
 IDN_PATTERN = r"(Agilent|Keysight) Technologies,(DSO|MSO|EDU)[A-Z]*\d"
 RUN_BIT = 8
@@ -76,8 +76,11 @@ class Preamble:
         return (np.arange(n) - self.x_reference) * self.x_increment + self.x_origin
 
 
-class KeysightInfiniiVision(LinkedInstrument, Detector):
+class KeysightInfiniiVision(ScpiInstrument, Detector):
     idn_pattern = IDN_PATTERN
+    error_query = ":SYST:ERR?"
+    reported = ("sample_rate",)
+    link: ScpiLink
 
     def __init__(self, name: str, samples: int, resource: str, library: str = "",
                  sample_rate: float = 1e6, channel: int = 1, v_range: float = 8.0,
@@ -104,26 +107,16 @@ class KeysightInfiniiVision(LinkedInstrument, Detector):
         self.format = fmt
         self.acquire_timeout_s = float(acquire_timeout_s)
         self.link = ScpiLink(name, resource, library, timeout_s)
-        self.idn = ""
-        self._shots = 0
 
-    def open(self) -> None:
+    def setup(self) -> list[str]:
         c = self.channel
-        self.link.open()
-        self.idn = self.identify()
-        for command in ("*CLS", ":STOP", f":CHAN{c}:DISP ON",
-                        f":CHAN{c}:RANG {self.v_range:.6g}", f":CHAN{c}:OFFS {self.v_offset:.6g}",
-                        ":TRIG:MODE EDGE", f":TRIG:EDGE:SOUR {self.trigger_source}",
-                        ":TRIG:EDGE:SLOP POS", f":TRIG:EDGE:LEV {self.trigger_level:.6g}",
-                        ":TRIG:SWE NORM", ":TIM:REF LEFT", f":TIM:POS {self.delay_s:.6g}",
-                        ":ACQ:TYPE NORM", f":WAV:SOUR CHAN{c}", f":WAV:FORM {self.format}",
-                        ":WAV:BYT LSBF", ":WAV:UNS 0", ":WAV:POIN:MODE RAW"):
-            self.link.write(command)
-        self.link.check_errors("open", ":SYST:ERR?")
-        self.is_open = True
-
-    def health(self) -> dict[str, object]:
-        return {"open": self.is_open, "idn": self.idn, "sample_rate": self.sample_rate}
+        return ["*CLS", ":STOP", f":CHAN{c}:DISP ON",
+                f":CHAN{c}:RANG {self.v_range:.6g}", f":CHAN{c}:OFFS {self.v_offset:.6g}",
+                ":TRIG:MODE EDGE", f":TRIG:EDGE:SOUR {self.trigger_source}",
+                ":TRIG:EDGE:SLOP POS", f":TRIG:EDGE:LEV {self.trigger_level:.6g}",
+                ":TRIG:SWE NORM", ":TIM:REF LEFT", f":TIM:POS {self.delay_s:.6g}",
+                ":ACQ:TYPE NORM", f":WAV:SOUR CHAN{c}", f":WAV:FORM {self.format}",
+                ":WAV:BYT LSBF", ":WAV:UNS 0", ":WAV:POIN:MODE RAW"]
 
     def arm(self, shots: int) -> None:
         points = shots * self.samples
@@ -131,13 +124,10 @@ class KeysightInfiniiVision(LinkedInstrument, Detector):
         self.link.write(f":WAV:POIN {points}")
         self.link.write(":SING")
         self.link.wait_for(":AER?", lambda r: r.strip("+") == "1", self.acquire_timeout_s)
-        self._shots = shots
+        super().arm(shots)
 
     def read(self) -> np.ndarray:
-        if self._shots < 1:
-            raise InstrumentError(self.name, "read() without arm()", ":WAV:DATA?",
-                                  retryable=False)
-        shots, self._shots = self._shots, 0
+        shots = self.armed(":WAV:DATA?")
         self.link.wait_for(":OPER:COND?", lambda r: not int(r) & RUN_BIT,
                            self.acquire_timeout_s)
         reply = self.link.query(":WAV:PRE?")

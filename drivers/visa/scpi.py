@@ -1,15 +1,19 @@
 """A SCPI conversation with one VISA instrument, shared by the VISA drivers.
 
-``ScpiLink`` owns the pyvisa resource of one instrument and turns every transport failure into
-an ``InstrumentError`` naming the instrument and the command:
+``ScpiLink`` owns the pyvisa resource of one instrument (a ``drivers.base.Link``): transport
+failures (timeouts, dropped sockets, VISA I/O errors) are retryable ``InstrumentError`` naming
+the instrument and the command; errors the instrument itself reports (``SYSTem:ERRor?``) are
+not retryable.
 
-* timeouts, dropped sockets and VISA I/O errors are ``retryable`` (the daemon closes and opens
-  the instrument again); the link forgets a resource that failed, so ``open()`` starts afresh;
-* errors the instrument itself reports (``SYSTem:ERRor?``) are not retryable.
+Commands go out as ASCII lines ending in ``\\n``; replies are read up to ``\\n`` and stripped,
+so instruments that end replies in CR LF (LAN sockets of many instruments, the AQ6370's among
+them) read the same as LF ones. Binary data travel as IEEE 488.2 definite-length blocks
+``#<n><len><bytes>`` (``n`` digits of ``len``, then ``len`` bytes); after a block's bytes the
+rest of its line (``\\n`` or ``\\r\\n``) is consumed, so nothing is left for the next reply.
 
-Commands go out as ASCII lines; binary data as IEEE 488.2 definite-length blocks
-``#<n><len><bytes>`` (``n`` digits of ``len``, then ``len`` bytes), the form every SCPI
-instrument uses for waveforms and traces. Replies end with ``termination``.
+``ScpiInstrument`` is the SCPI half of a driver (as pymeasure's ``SCPIMixin``): its
+``configure()`` sends the driver's ``setup()`` commands in order and then reads the error
+queue, so a setting the instrument refused fails ``open()``.
 
 ``library`` is the pyvisa back end: ``""`` for the system's VISA (falling back to pyvisa-py),
 ``"@py"`` for pyvisa-py, ``"path/to/devices.yaml@sim"`` for pyvisa-sim.
@@ -17,13 +21,12 @@ instrument uses for waveforms and traces. Replies end with ``termination``.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
-from drivers.base import InstrumentError
+from drivers.base import InstrumentError, Link
 
 #: ``SYSTem:ERRor?`` replies: ``+0,"No error"`` or ``-222,"Data out of range"``.
 _ERROR_REPLY = re.compile(r'^\s*([+-]?\d+)\s*,\s*"?(.*?)"?\s*$')
@@ -35,71 +38,34 @@ def format_block(payload: bytes) -> bytes:
     return b"#" + str(len(size)).encode("ascii") + size + payload
 
 
-class ScpiLink:
+class ScpiLink(Link):
     """The connection to one SCPI instrument named ``owner`` at VISA address ``resource``."""
 
-    def __init__(self, owner: str, resource: str, library: str = "", timeout_s: float = 5.0,
-                 termination: str = "\n") -> None:
-        if timeout_s <= 0:
-            raise ValueError(f"{owner}: timeout_s must be positive, got {timeout_s}")
-        self.owner = owner
-        self.resource = resource
+    def __init__(self, owner: str, resource: str, library: str = "",
+                 timeout_s: float = 5.0) -> None:
+        super().__init__(owner, resource, timeout_s)
         self.library = library
-        self.timeout_s = float(timeout_s)
-        self.termination = termination
-        #: Tests may replace the VISA opener with one returning a fake transport.
-        self.opener: Callable[[], Any] = self._open_visa
-        self._res: Any = None
 
-    # -- connection ---------------------------------------------------------------------------
-    def _open_visa(self) -> Any:
+    @property
+    def is_socket(self) -> bool:
+        """Whether the address is a raw LAN socket (``TCPIP::host::port::SOCKET``)."""
+        return self.address.upper().endswith("::SOCKET")
+
+    def connect(self) -> Any:
         import pyvisa
 
         rm = pyvisa.ResourceManager(self.library)
-        return rm.open_resource(self.resource, timeout=int(self.timeout_s * 1000),
-                                read_termination=self.termination,
-                                write_termination=self.termination)
-
-    @property
-    def is_open(self) -> bool:
-        return self._res is not None
-
-    def open(self) -> None:
-        """(Re)connect, dropping any previous resource first."""
-        self.close()
-        try:
-            self._res = self.opener()
-        except Exception as exc:  # pyvisa raises many types; all mean "not reachable"
-            raise InstrumentError(self.owner, f"cannot open {self.resource}: {exc}",
-                                  "open") from exc
-
-    def close(self) -> None:
-        """Release the resource; never raises, even for a dead link."""
-        res, self._res = self._res, None
-        if res is not None:
-            with contextlib.suppress(Exception):  # a dead link may fail to close
-                res.close()
-
-    def _io(self, command: str, action: Callable[[Any], Any]) -> Any:
-        if self._res is None:
-            raise InstrumentError(self.owner, "not open", command)
-        try:
-            return action(self._res)
-        except InstrumentError:
-            raise
-        except Exception as exc:  # timeouts, dropped sockets, VISA I/O errors
-            self.close()
-            raise InstrumentError(self.owner, f"{type(exc).__name__}: {exc}", command) from exc
+        return rm.open_resource(self.address, timeout=int(self.timeout_s * 1000),
+                                read_termination="\n", write_termination="\n")
 
     # -- messages -----------------------------------------------------------------------------
     def write(self, command: str) -> None:
         """Send one command line."""
-        line = (command + self.termination).encode("ascii")
-        self._io(command, lambda r: r.write_raw(line))
+        line = (command + "\n").encode("ascii")
+        self.io(command, lambda r: r.write_raw(line))
 
-    def query(self, command: str, timeout_s: float | None = None) -> str:
-        """Send a query and return its reply line, stripped; ``timeout_s`` for slow ones."""
-        self.write(command)
+    def read(self, command: str, timeout_s: float | None = None) -> str:
+        """The next reply line, stripped (``command`` names it in errors)."""
 
         def read(res: Any) -> str:
             if timeout_s is None:
@@ -110,13 +76,17 @@ class ScpiLink:
             finally:
                 res.timeout = saved
 
-        return self._io(command, read)
+        return self.io(command, read)
+
+    def query(self, command: str, timeout_s: float | None = None) -> str:
+        """Send a query and return its reply line, stripped; ``timeout_s`` for slow ones."""
+        self.write(command)
+        return self.read(command, timeout_s)
 
     def write_block(self, command: str, payload: bytes) -> None:
         """Send ``command`` followed by ``payload`` as a definite-length block."""
-        message = command.encode("ascii") + format_block(payload) + \
-            self.termination.encode("ascii")
-        self._io(command, lambda r: r.write_raw(message))
+        message = command.encode("ascii") + format_block(payload) + b"\n"
+        self.io(command, lambda r: r.write_raw(message))
 
     def query_block(self, command: str) -> bytes:
         """Send a query whose reply is one definite-length block; return the block's bytes."""
@@ -127,14 +97,17 @@ class ScpiLink:
             if head[:1] != b"#" or not head[1:2].isdigit() or head[1:2] == b"0":
                 raise InstrumentError(self.owner, f"expected a definite-length block, got "
                                       f"{head!r}", command, retryable=False)
-            digits = int(head[1:2])
-            size = int(res.read_bytes(digits))
+            size = int(res.read_bytes(int(head[1:2])))
             payload = res.read_bytes(size) if size else b""
-            if self.termination:
-                res.read_bytes(len(self.termination))
+            end = res.read_bytes(1)
+            if end == b"\r":  # CR LF: the LF is part of this reply too
+                end = res.read_bytes(1)
+            if end != b"\n":
+                raise InstrumentError(self.owner, f"a {size}-byte block ends in {end!r}, not "
+                                      "the end of its line", command, retryable=False)
             return payload
 
-        return self._io(command, read)
+        return self.io(command, read)
 
     def wait_for(self, command: str, done: Callable[[str], bool], timeout_s: float,
                  poll_s: float = 0.002) -> str:
@@ -149,16 +122,7 @@ class ScpiLink:
                                       f"(last reply {reply!r})", command)
             time.sleep(poll_s)
 
-    # -- identity and errors ------------------------------------------------------------------
-    def identify(self, pattern: str) -> str:
-        """``*IDN?``, checked against the regular expression ``pattern`` (not retryable)."""
-        idn = self.query("*IDN?")
-        if not re.search(pattern, idn, re.IGNORECASE):
-            raise InstrumentError(self.owner, f"{self.resource} identifies as {idn!r}, not "
-                                  f"an instrument of this driver ({pattern})", "*IDN?",
-                                  retryable=False)
-        return idn
-
+    # -- errors -------------------------------------------------------------------------------
     def check_errors(self, command: str, query: str = "SYST:ERR?") -> None:
         """Drain the error queue; raise naming ``command`` if the instrument reported any."""
         errors = []
@@ -173,3 +137,25 @@ class ScpiLink:
         if errors:
             raise InstrumentError(self.owner, "instrument reported: " + "; ".join(errors),
                                   command, retryable=False)
+
+
+class ScpiInstrument:
+    """The SCPI conventions of a driver on a ``ScpiLink`` (mix in before ``Drive`` or
+    ``Detector``): ``configure()`` sends ``setup()`` in order, then drains the error queue
+    (``error_query``) and fails the open if the instrument refused anything."""
+
+    error_query: ClassVar[str] = "SYST:ERR?"
+    link: ScpiLink
+
+    def setup(self) -> list[str]:
+        """The commands that put the instrument in the driver's state, in order."""
+        return ["*CLS"]
+
+    def configure(self) -> None:
+        for command in self.setup():
+            self.link.write(command)
+        self.check_errors("open")
+
+    def check_errors(self, command: str) -> None:
+        """Raise (not retryable) naming ``command`` if the instrument reported errors."""
+        self.link.check_errors(command, self.error_query)

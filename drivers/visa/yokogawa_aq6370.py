@@ -30,15 +30,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from drivers.base import Detector, InstrumentError, LinkedInstrument
-from drivers.visa.scpi import ScpiLink
+from drivers.base import Detector, InstrumentError
+from drivers.visa.scpi import ScpiInstrument, ScpiLink
 
 IDN_PATTERN = r"YOKOGAWA,AQ637\d"
 SENSITIVITIES = ("NHLD", "NAUT", "NORM", "MID", "HIGH1", "HIGH2", "HIGH3")
 
 
-class YokogawaAQ6370(LinkedInstrument, Detector):
+class YokogawaAQ6370(ScpiInstrument, Detector):
     idn_pattern = IDN_PATTERN
+    error_query = ":SYST:ERR?"
+    reported = ("start_nm", "stop_nm", "sensitivity")
+    link: ScpiLink
 
     def __init__(self, name: str, samples: int, resource: str, library: str = "",
                  start_nm: float = 380.0, stop_nm: float = 420.0, resolution_nm: float = 0.1,
@@ -60,28 +63,14 @@ class YokogawaAQ6370(LinkedInstrument, Detector):
         self.format = format
         self.sweep_timeout_s = float(sweep_timeout_s)
         self.link = ScpiLink(name, resource, library, timeout_s)
-        self.idn = ""
-        self._shots = 0
 
-    def open(self) -> None:
-        self.link.open()
-        self.idn = self.identify()
-        for command in ("*CLS", f":SENS:WAV:STAR {self.start_nm:.4f}NM",
-                        f":SENS:WAV:STOP {self.stop_nm:.4f}NM", f":SENS:SWE:POIN {self.samples}",
-                        f":SENS:BAND:RES {self.resolution_nm:.4f}NM",
-                        f":SENS:SENS {self.sensitivity}", ":DISP:TRAC:Y1:SPAC LOG",
-                        ":INIT:SMOD SING",
-                        ":FORM:DATA " + ("ASCII" if self.format == "ascii" else "REAL,32")):
-            self.link.write(command)
-        self.link.check_errors("open", ":SYST:ERR?")
-        self.is_open = True
-
-    def health(self) -> dict[str, object]:
-        return {"open": self.is_open, "idn": self.idn,
-                "span_nm": [self.start_nm, self.stop_nm]}
-
-    def arm(self, shots: int) -> None:
-        self._shots = shots
+    def setup(self) -> list[str]:
+        return ["*CLS", f":SENS:WAV:STAR {self.start_nm:.4f}NM",
+                f":SENS:WAV:STOP {self.stop_nm:.4f}NM", f":SENS:SWE:POIN {self.samples}",
+                f":SENS:BAND:RES {self.resolution_nm:.4f}NM",
+                f":SENS:SENS {self.sensitivity}", ":DISP:TRAC:Y1:SPAC LOG",
+                ":INIT:SMOD SING",
+                ":FORM:DATA " + ("ASCII" if self.format == "ascii" else "REAL,32")]
 
     def sweep(self) -> np.ndarray:
         """One single sweep: the trace ``[samples]`` in mW."""
@@ -102,7 +91,5 @@ class YokogawaAQ6370(LinkedInstrument, Detector):
         return 10.0 ** (dbm / 10.0)
 
     def read(self) -> np.ndarray:
-        if self._shots < 1:
-            raise InstrumentError(self.name, "read() without arm()", ":INIT", retryable=False)
-        shots, self._shots = self._shots, 0
+        shots = self.armed(":INIT")
         return np.stack([self.sweep() for _ in range(shots)])
