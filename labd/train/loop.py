@@ -23,22 +23,18 @@ evaluations), counted by ``Hardware``.
 
 Pipelined PAT (``LoopConfig.pipeline``, the default): in ``pat`` mode, when every physical
 layer's client can ``submit`` and collect ``result``s (``LabClient``), the training steps and the
-per-epoch test evaluation run through ``labd.train.pipeline.Pipeline``: the test evaluation of
-epoch ``k`` (of a frozen copy of the network as it was after epoch ``k``) is measured in the
-gaps the steps of epoch ``k + 1`` leave, the rest back to back at its end, the last epoch's at
-once; each minibatch is cut into ``chunks`` requests per layer that flow through the layers as a
-wavefront while the model's work is done (``wide``: while fillers are left, one request per
-layer with a filler behind each instead). The same
-algorithm as the plain loop: the same gradients, losses, scores and optimiser steps, the same
-evaluation (of the same parameters), the same shots, the same metrics; only the instrument
-idles less. (With twin refinement the
-evaluation stays synchronous: the plain loop's refiner also records the evaluation's shots, at
-the end of the epoch.) Epoch ``k``'s metrics row and its
-checkpoint are written once its evaluation is measured (the checkpoint holds the state as it was
-at the end of epoch ``k``, copied then); until then a checkpoint of that state holds the row as
-``unevaluated``, so that a run failing during epoch ``k + 1`` resumes after epoch ``k``.
-``pipeline=False`` is the plain synchronous loop (one request per layer and minibatch, the
-evaluation after each epoch), for comparison or any doubt.
+per-epoch test evaluation run through ``labd.train.pipeline.Pipeline``: each minibatch is cut
+into ``chunks`` requests per layer that flow through the layers as a wavefront, and the test
+evaluation of epoch ``k`` (of a frozen copy of the network as it was after epoch ``k``) is
+measured in the gaps the steps of epoch ``k + 1`` leave, the rest back to back at its end, the
+last epoch's at once. The same algorithm as the plain loop (the same gradients, losses, scores,
+optimiser steps, evaluations, shots and metrics); only the instrument idles less. With twin
+refinement the evaluation stays synchronous (the refiner also records the evaluation's shots).
+Epoch ``k``'s metrics row and checkpoint are written once its evaluation is measured (the
+checkpoint holds the state as it was at the end of epoch ``k``, copied then); until then a
+checkpoint of that state holds the row as ``unevaluated``, so that a run failing during epoch
+``k + 1`` resumes after epoch ``k``. ``pipeline=False`` is the plain synchronous loop (one
+request per layer and minibatch, the evaluation after each epoch).
 """
 
 from __future__ import annotations
@@ -58,7 +54,7 @@ from tqdm import tqdm
 from labd.train.datasets import Dataset
 from labd.train.hardware import Hardware
 from labd.train.layers import PhysicalNetwork
-from labd.train.pipeline import Evaluation, Pipeline, filler_sizes, samples_per_request
+from labd.train.pipeline import Evaluation, Pipeline, samples_per_request
 from labd.train.twins import TwinRefiner
 
 METRICS = ["epoch", "train_loss", "train_acc", "test_acc", "test_acc_model",
@@ -80,13 +76,8 @@ class LoopConfig:
     #: ``pat`` training and its per-epoch test evaluation through ``Pipeline`` (module doc);
     #: False: the plain synchronous loop
     pipeline: bool = True
-    #: requests each minibatch is cut into per physical layer when pipelined (first epoch)
+    #: requests each minibatch is cut into per physical layer when pipelined
     chunks: int = 2
-    #: pipelined, while an evaluation is outstanding: one request per layer and minibatch with
-    #: evaluation fillers between them (``Pipeline(wide=...)``, ``filler_sizes``); default:
-    #: ``chunks`` always (measured better with the daemon's reply hand-over during the next
-    #: request's shots, and robust to load: docs/performance.md)
-    wide: bool = False
 
 
 @dataclass
@@ -216,16 +207,13 @@ class Trainer:
                         and hasattr(layer.hardware.client, "result") for layer in layers))
 
     def _pipeline(self) -> Pipeline:
-        """The pipeline: ``chunks`` requests per minibatch and layer while no evaluation is
-        outstanding (the first epoch), else one per layer with evaluation fillers sized by
-        ``filler_sizes`` (at most ``eval_batch`` shots a request)."""
+        """The pipeline: ``chunks`` requests per minibatch and layer; evaluation fillers of
+        the test set's shots spread over an epoch's steps (at most ``eval_batch`` shots)."""
         layers = self.net.physical_layers()
         chunk = -(-self.cfg.batch_size // max(1, self.cfg.chunks))
         most = max(1, self.cfg.eval_batch // max(layer.units for layer in layers))
-        short, long = filler_sizes(len(self.data.y_test), len(layers), self._batches())
         eval_chunk = min(most, -(-len(self.data.y_test) * len(layers) // self._batches()))
-        return Pipeline(self.net, nn.CrossEntropyLoss(reduction="sum"), chunk, eval_chunk,
-                        wide=(min(short, most), min(long, most)) if self.cfg.wide else None)
+        return Pipeline(self.net, nn.CrossEntropyLoss(reduction="sum"), chunk, eval_chunk)
 
     def _eval_shots(self) -> int:
         """Shots of one test evaluation on the hardware."""
@@ -251,8 +239,6 @@ class Trainer:
                 self.unevaluated = None
         x = torch.from_numpy(self.data.x_train)
         y = torch.from_numpy(self.data.y_train)
-        x_test = torch.from_numpy(self.data.x_test)
-        loss_fn = nn.CrossEntropyLoss()
         pipe = self._pipeline() if self.pipelined() else None
         #: an epoch whose evaluation is being measured (pipelined): its row and checkpoint
         pending: _Pending | None = None
@@ -267,20 +253,8 @@ class Trainer:
             total_loss, correct = 0.0, 0
             for i in range(0, len(y), self.cfg.batch_size):
                 idx = perm[i:i + self.cfg.batch_size]
-                self.opt.zero_grad()
-                if pipe is not None:
-                    step = pipe.step(x[idx], y[idx])
-                    scores, loss_value = step.scores, step.loss
-                else:
-                    scores = self.net(x[idx])
-                    loss = loss_fn(scores, y[idx])
-                    loss.backward()
-                    loss_value = loss.item()
-                self.opt.step()
-                self.sched.step()
-                for refiner in self.refiners:
-                    refiner.step()
-                total_loss += loss_value * len(idx)
+                scores, loss = self._step(x[idx], y[idx], pipe)
+                total_loss += loss * len(idx)
                 correct += int((scores.argmax(1) == y[idx]).sum())
                 if pending is not None and pending.evaluation.done:
                     self._close(pending)
@@ -288,25 +262,52 @@ class Trainer:
             self.epoch = epoch + 1
             row = {"epoch": self.epoch, "train_loss": total_loss / len(y),
                    "train_acc": correct / len(y)}
-            if pipe is not None and not self.refiners:
-                if pending is not None:  # not measured yet in the gaps: at once now
-                    pipe.drain()
-                    self._close(pending)
-                # the shots of every evaluation so far are sent: the count the plain loop has
-                # after this evaluation
-                row["physical_queries"] = self.queries() + self._eval_shots()
-                pending = _Pending(row, pipe.evaluate(x_test), copy.deepcopy(self._state()))
-                pending.state["queries"] = row["physical_queries"]
-                self.save_checkpoint({**pending.state, "unevaluated": row})
-                if self.epoch == self.cfg.epochs:
-                    pipe.drain()
-                    self._close(pending)
-                    pending = None
-            else:
-                self._evaluate_now(row)
+            pending = self._evaluate_epoch(row, pipe, pending)
             bar.set_postfix(loss=f"{total_loss / len(y):.3f}",
                             test=f"{self.rows[-1]['test_acc']:.3f}" if self.rows else "-")
         return self.finish()
+
+    def _step(self, x: torch.Tensor, labels: torch.Tensor, pipe: Pipeline | None
+              ) -> tuple[torch.Tensor, float]:
+        """One minibatch: forward and backward (through ``pipe`` if given), the optimiser's
+        and the schedule's steps, twin refinement; its scores and mean loss."""
+        self.opt.zero_grad()
+        if pipe is not None:
+            step = pipe.step(x, labels)
+            scores, loss_value = step.scores, step.loss
+        else:
+            scores = self.net(x)
+            loss = nn.functional.cross_entropy(scores, labels)
+            loss.backward()
+            loss_value = loss.item()
+        self.opt.step()
+        self.sched.step()
+        for refiner in self.refiners:
+            refiner.step()
+        return scores, loss_value
+
+    def _evaluate_epoch(self, row: dict[str, Any], pipe: Pipeline | None,
+                        pending: _Pending | None) -> _Pending | None:
+        """The test evaluation of the epoch just trained (``row``): queued in ``pipe`` (the
+        previous one, ``pending``, finished first), or measured now without it (or with twin
+        refinement). Returns the epoch whose evaluation is still being measured."""
+        if pipe is None or self.refiners:
+            self._evaluate_now(row)
+            return None
+        if pending is not None:  # not measured yet in the gaps: at once now
+            pipe.drain()
+            self._close(pending)
+        # every evaluation's shots so far are sent: the count the plain loop has after this one
+        row["physical_queries"] = self.queries() + self._eval_shots()
+        pending = _Pending(row, pipe.evaluate(torch.from_numpy(self.data.x_test)),
+                           copy.deepcopy(self._state()))
+        pending.state["queries"] = row["physical_queries"]
+        self.save_checkpoint({**pending.state, "unevaluated": row})
+        if self.epoch < self.cfg.epochs:
+            return pending
+        pipe.drain()
+        self._close(pending)
+        return None
 
     def _evaluate_now(self, row: dict[str, Any]) -> None:
         """Epoch ``row``'s test accuracy on the hardware, measured now, and its closing."""

@@ -1,56 +1,28 @@
-"""Pipelined PAT training steps: the same gradient as the plain loop, the instrument kept fed.
+"""Pipelined PAT training steps: the plain loop's gradient, with the instrument kept fed.
 
-In the plain loop (``Trainer``) each physical layer's forward is one synchronous daemon request:
-while the trainer rescales between layers, computes the loss, back-propagates through the
-digital model and steps the optimiser, the instrument idles. ``pipelined_step`` computes the
-*same* training step with the hardware busy nearly all the time:
+Contract of ``Pipeline(net, loss_sum, chunk, eval_chunk)`` (``Trainer`` uses it for ``pat``):
 
-* the minibatch is cut into chunks of ``chunk`` rows; every chunk's first-layer request is
-  sent at once (``LabClient.submit``), so the daemon's queue for the system is never empty;
-* the chunks flow through the physical layers as a wavefront: when chunk ``c``'s reply for
-  layer ``k`` arrives, its digital blocks up to layer ``k+1`` run and its layer ``k+1``
-  request joins the queue behind the other chunks' requests;
-* while a request is being measured, the digital model's forward at the same ``(x, theta)``
-  is computed with its autograd graph (the first half of ``PATFunction.backward``'s work);
-* when a chunk's last layer is measured its share of the loss, ``sum of per-sample losses /
-  B``, is back-propagated at once (through the model's graph at the measured point, as
-  ``PATFunction`` does), while later chunks are still being measured; gradients accumulate in
-  ``.grad``;
-* after the last chunk: one optimiser step. Only that last chunk's backward pass and the step
-  leave the instrument idle.
+* ``step(x, labels)`` runs one minibatch forward on the hardware and backward through the
+  digital models, leaving the gradient of ``loss_sum(scores, labels) / B`` in the parameters
+  (``loss_sum``: the *sum* of per-sample losses; the caller zeroes gradients before and steps
+  the optimiser after) and returns a ``Step``. Each physical layer's rows go as requests of
+  ``chunk`` samples, sent at once; a chunk's next-layer request is sent as soon as its reply
+  comes (a wavefront), and the model is evaluated at each layer's rows while they are
+  measured. The gradient *is* the plain loop's (``PATFunction``): the loss is a mean of
+  per-sample losses, no block mixes samples, and parameters never change while a minibatch
+  is in flight. ``tests/train/test_pipeline.py`` checks it.
+* ``evaluate(x)`` queues an evaluation of the network *as it is now* (a frozen copy) and
+  returns an ``Evaluation``; its requests of ``eval_chunk`` samples are sent as fillers, one
+  behind each step's last request and one whenever the daemon's queue would be empty while
+  the trainer computes, so they are measured in the gaps the steps leave. ``drain()`` sends
+  what is left back to back and waits for every reply. Training steps are unchanged by them.
+* Every request is within the daemons' message limits (``samples_per_request``); replies are
+  taken with ``LabClient.result(id, retry=True)`` (retryable failures sent again with the same
+  id); inputs are clipped into range and shots counted in ``hardware.queries`` as
+  ``Hardware.forward`` does; a layer's ``recorder`` gets each layer's minibatch at once, as in
+  the plain loop. ``instrument_s`` adds up the replies' ``elapsed_s``.
 
-Why this is true PAT, not an approximation: the loss of a minibatch is the mean of per-sample
-losses and no block mixes samples in its forward (rescaling and readout are element-wise with
-statistics fixed at initialisation), so the sum of the chunks' gradients *is* the minibatch
-gradient, each evaluated at the measured outputs of the current parameters. Parameters never
-change while a minibatch is in flight (no stale gradients). ``tests/bench/test_pipeline.py``
-checks that gradients equal the plain loop's.
-
-Evaluations (``Pipeline.evaluate``) measure a frozen copy of the network in the gaps a step
-leaves (see ``Pipeline``): exact, and the training steps are unchanged.
-
-One step stale (``Pipeline.train_epoch``, opt-in): what the exact step cannot hide is the
-minibatch boundary, where the last chunk's reply, its backward pass, the optimiser step and
-the next minibatch's first request (plus the daemon's hand-offs) all wait on each other;
-and every extra chunk costs the daemon about a millisecond of dead time between requests.
-``train_epoch`` keeps *two minibatches* in flight instead of chunks: minibatch ``k+1``'s
-first request is sent before minibatch ``k``'s backward pass and optimiser step, so the
-instrument measures it while the trainer computes. Minibatch ``k+1`` therefore runs
-(forward on the hardware and backward through the model, consistently) on a replica of the
-network with the parameters ``theta_k`` it had when its first request was sent, and its
-gradient is applied at step ``k+1`` to ``theta_{k+1}``: SGD/Adam with gradients one step
-stale (minibatch 0: not stale). This is *not* the plain loop's algorithm;
-``tests/bench/test_pipeline.py`` checks that it is exactly delayed-gradient SGD, and
-``docs/performance.md`` compares the accuracy it trains to.
-
-Contract: ``pipelined_step(net, x, labels, loss_sum, chunk)`` runs forward (hardware) and
-backward (digital model) for one minibatch and leaves the gradients in the parameters (the
-caller zeroes them before and steps the optimiser after) and returns a ``Step``: the
-minibatch's mean loss, its scores (detached) and the instrument seconds its replies reported
-(``elapsed_s``). Every physical layer needs ``hardware.client`` with ``submit(system, x, theta)
--> id`` and ``result(id, retry=True) -> ForwardResult`` (``LabClient``: retryable failures are
-sent again with the same id, as ``measure`` does); inputs are clipped into range and shots
-counted in ``hardware.queries`` as ``Hardware.forward`` does.
+Timings, the variants tried and why they were not kept: ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -59,7 +31,7 @@ import copy
 import sys
 from collections import deque
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -67,12 +39,11 @@ import torch
 
 from labd.train.layers import PhysicalLayer, PhysicalNetwork
 
-#: Layers with at most this many outputs get Jacobians in steps no evaluation fills
-#: (``Pipeline(jacobians=None)``): 12 outputs (SHG) cost 4.3 ms for 21 rows, in the gaps.
+#: Layers with at most this many outputs get Jacobians (``JacobianPoint``) in steps no
+#: evaluation fills; more outputs cost more than the backward pass they save.
 JACOBIAN_OUTPUTS = 16
 
-#: What a chunk's forward yields: the layer and its per-shot rows and parameters; it is sent
-#: back the model's point and the measured ``y``.
+#: What a chunk's forward yields: the layer and its per-shot rows and parameters.
 Request = tuple[PhysicalLayer, torch.Tensor, torch.Tensor]
 
 
@@ -156,23 +127,6 @@ class MeasuredPAT(torch.autograd.Function):
         return (gx if ctx.needs_input_grad[0] else None), gtheta, None, None
 
 
-def _chunk_forward(net: PhysicalNetwork, x: torch.Tensor
-                   ) -> Generator[Request, tuple[ModelPoint, torch.Tensor], torch.Tensor]:
-    """The network's forward for one chunk; yields each physical request, receives the model's
-    point and the measured ``y``, returns the scores (with the autograd graph of the PAT
-    path)."""
-    for block in net.blocks:
-        if isinstance(block, PhysicalLayer):
-            batch = x.shape[0]
-            rows, theta = block._rows(x)
-            point, y = yield block, rows.detach(), theta.detach()
-            out = MeasuredPAT.apply(rows, theta, point, y)
-            x = out.reshape(batch, block.units * block.output_dim)
-        else:
-            x = block(x)
-    return x
-
-
 def _send(layer: PhysicalLayer, rows: torch.Tensor, theta: torch.Tensor
           ) -> tuple[np.ndarray, np.ndarray, str]:
     """Send one request (clipped into range, shots counted as ``Hardware.forward`` does)."""
@@ -200,20 +154,6 @@ def _eval_forward(net: PhysicalNetwork, x: torch.Tensor
         else:
             x = block(x)
     return x
-
-
-def filler_sizes(samples: int, layers: int, steps: int) -> tuple[int, int]:
-    """``Pipeline(wide=...)`` for an evaluation of ``samples`` after every epoch of ``steps``
-    minibatches through ``layers`` physical layers: each step has ``layers - 1`` short gaps
-    (a reply's hand-off and the next layer's request) and one long one (backward pass,
-    optimiser step, next minibatch), and one evaluation gives ``samples * layers / steps``
-    shots per step: the short fillers get a fifth of them, the long one the rest (SHG vowels:
-    49 * 2 / 10 = 9.8 shots per step, 2 and 8: best of 3-7, 2-8, 4-6 and 1-9 measured)."""
-    per_step = samples * layers / max(1, steps)
-    if layers < 2:
-        return 0, max(1, round(per_step))
-    short = max(1, round(0.2 * per_step / (layers - 1)))
-    return short, max(1, round(per_step - short * (layers - 1)))
 
 
 def samples_per_request(layers: list[PhysicalLayer]) -> int | None:
@@ -268,25 +208,19 @@ class Evaluation:
 
 @dataclass(slots=True)
 class _EvalFlow:
+    """One evaluation chunk on its way through the layers."""
+
     flow: Generator[Request, torch.Tensor, torch.Tensor]
     evaluation: Evaluation
     start: int
-    request: Request | None = None  # the next request, computed, not yet sent (None
-    # before the first: computed when sent)
-    short: bool = False  # a short filler (``Pipeline.wide``): between layers, not at the end
-    x: torch.Tensor | None = None  # its input rows
-
-
-@dataclass(slots=True)
-class _TrainFlow:
-    flow: Generator[Request, Any, torch.Tensor]
-    rows: slice
-    minibatch: int = 0
+    x: torch.Tensor  # its input rows
+    request: Request | None = None  # its next request, computed, not yet sent (None before
+    # the first: computed when sent)
 
 
 @dataclass(slots=True)
 class _Chunk:
-    """A chunk of a batched step: its index and the layer of the request in flight."""
+    """A chunk of a step: its index and the layer of the request in flight."""
 
     index: int
     layer: int
@@ -298,69 +232,78 @@ class _InFlight:
     layer: PhysicalLayer
     xn: np.ndarray
     tn: np.ndarray
-    owner: _TrainFlow | _EvalFlow | _Chunk
-    point: ModelPoint | None = None
+    owner: Any  # _EvalFlow or _Chunk
 
 
-Owner = TypeVar("Owner", _TrainFlow, _Chunk)
+Owner = TypeVar("Owner")
+
+
+@dataclass(slots=True)
+class _Minibatch:
+    """A step in progress: per physical layer, what each chunk sent and what came back."""
+
+    layers: list[PhysicalLayer]
+    segments: list[list[torch.nn.Module]]  # digital blocks before each layer, and after
+    chunks: list[slice]
+    jacobians: bool
+    sent: list[list[Any]] = field(default_factory=list)  # (rows, theta) per layer and chunk
+    arrays: list[list[Any]] = field(default_factory=list)  # (xn, tn) as sent, for a recorder
+    measured: list[list[Any]] = field(default_factory=list)  # y per layer and chunk
+    waiting: list[int] = field(default_factory=list)  # replies still to come per layer
+    to_send: int = 0  # requests still to send
+    inputs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # with graph
+    points: list[Any] = field(default_factory=list)  # the model at each layer's rows
+
+    def __post_init__(self) -> None:
+        n = len(self.chunks)
+        self.sent = [[None] * n for _ in self.layers]
+        self.arrays = [[None] * n for _ in self.layers]
+        self.measured = [[None] * n for _ in self.layers]
+        self.waiting = [n] * len(self.layers)
+        self.to_send = n * len(self.layers)
+
+    def graph_inputs(self, k: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``k``'s rows and parameters from ``h``, the previous layer's output (or the
+        input), through the digital blocks between them."""
+        for block in self.segments[k]:
+            h = block(h)
+        return self.layers[k]._rows(h)
+
+    @staticmethod
+    def joined(parts: list[Any]) -> Any:
+        """A layer's per-chunk ``(x, theta)`` pairs as one (``theta`` shared or per row)."""
+        theta = parts[0][1]
+        if theta.ndim == 2:
+            theta = _cat([p[1] for p in parts])
+        return _cat([p[0] for p in parts]), theta
+
+
+def _cat(parts: list[Any]) -> Any:
+    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
 
 
 class Pipeline:
-    """Pipelined PAT steps and evaluations on the same hardware, keeping its queue fed.
+    """Pipelined PAT steps and evaluations on the same hardware (module docstring)."""
 
-    ``step(x, labels)`` is ``pipelined_step``. ``evaluate(x)`` queues an evaluation (no
-    gradient) of the network *as it is now*: a frozen copy (parameters and buffers; hardware
-    and digital models shared) is cut into chunks of ``eval_chunk`` rows whose requests are
-    sent as *fillers*, one at a time: one queued right behind a step's last request (it is
-    measured while the trainer waits for that reply, back-propagates the last chunk, steps
-    the optimiser and sends the next minibatch's first requests: the gap the wavefront
-    cannot hide), and one whenever the daemon's queue would otherwise be empty while the
-    trainer computes. The parameters a filler measures
-    are those of the frozen copy, so an evaluation is exactly the evaluation of the network
-    at the moment ``evaluate`` was called, whenever its shots happen; training steps are
-    untouched (their requests only wait behind a filler in the daemon's FIFO queue).
-    ``drain()`` sends every outstanding evaluation request back to back (a wavefront, like
-    training chunks; an evaluation not started at all in two chunks) and waits for them all.
-    ``batched`` (default): the model's work of a step is done once per layer for the whole
-    minibatch (``_step_batched``) instead of once per chunk; the same gradient for a third
-    less trainer CPU. ``instrument_s`` adds up every reply's ``elapsed_s`` (training and
-    evaluation).
-
-    ``wide=(short, long)`` (batched): while evaluation fillers are left, a step sends one
-    request per layer (the whole minibatch) instead of ``chunk``-row chunks, with a
-    ``short``-row filler behind each layer's request but the last (measured while the reply
-    is handed over and the next layer's request computed) and a ``long``-row one behind the
-    last (the backward pass, optimiser step and next minibatch); ``evaluate`` cuts its rows
-    into short and long chunks accordingly (``filler_sizes``). Fewer requests, each costing
-    the daemon its dead time, for the same shots; fillers too short for the gaps (under
-    load) leave the instrument idle. ``jacobians`` (batched): per-row Jacobians of the model
-    (``JacobianPoint``) instead of its graph, so that the backward pass after the last reply
-    is cheap; ``None`` (default): in steps with no filler to cover that backward pass (the
-    first epoch), for layers of at most ``JACOBIAN_OUTPUTS`` outputs, and not for a model
-    whose Jacobian failed once (a custom autograd function that ``vmap`` cannot batch).
-    """
+    #: Per-row model Jacobians instead of the model's graph (``JacobianPoint``): ``None``
+    #: (automatic) in steps no evaluation fills, for layers of at most ``JACOBIAN_OUTPUTS``
+    #: outputs, and not for a model whose Jacobian failed once (``vmap`` cannot batch it).
+    jacobians: bool | None = None
 
     def __init__(self, net: PhysicalNetwork,
                  loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 chunk: int, eval_chunk: int | None = None, fill: bool = True,
-                 batched: bool = True, jacobians: bool | None = None,
-                 wide: tuple[int, int] | None = None) -> None:
+                 chunk: int, eval_chunk: int | None = None) -> None:
         self.net = net
-        self.jacobians = jacobians
-        # every request within the daemons' message limits (whole samples)
-        self.most = samples_per_request(net.physical_layers()) or sys.maxsize
-        self.wide = None if wide is None else (min(wide[0], self.most),
-                                               min(wide[1], self.most))
         self.loss_sum = loss_sum
+        #: samples per request: within the daemons' message limits
+        self.most = samples_per_request(net.physical_layers()) or sys.maxsize
         self.chunk = min(chunk, self.most)
         self.eval_chunk = min(eval_chunk or chunk, self.most)
-        self.fill = fill
-        self.batched = batched
         self.inflight: deque[_InFlight] = deque()  # in the order sent: answered FIFO
         self.fillers: deque[_EvalFlow] = deque()  # evaluation chunks with a request to send
         self._frozen_pool: list[PhysicalNetwork] = []  # copies of finished evaluations
         self._frozen_made = 0
-        self._no_jacobians: set[int] = set()  # models whose Jacobians failed (automatic mode)
+        self._no_jacobians: set[int] = set()  # models whose Jacobians failed
         self.instrument_s = 0.0
 
     # -- evaluation -----------------------------------------------------------------------
@@ -376,9 +319,8 @@ class Pipeline:
         return copy.deepcopy(self.net, memo)
 
     def _frozen(self) -> PhysicalNetwork:
-        """A copy of the network as it is now, for an evaluation: one whose evaluation is
-        finished, its parameters and buffers overwritten (a deep copy costs ~3 ms, on the
-        critical path at the end of an epoch), else a new one."""
+        """A copy of the network as it is now: one whose evaluation is finished, overwritten
+        (a deep copy is slow, at the end of an epoch), else a new one."""
         if not self._frozen_pool:
             self._frozen_pool.append(self._new_frozen())
         frozen = self._frozen_pool.pop()
@@ -398,38 +340,25 @@ class Pipeline:
         return frozen
 
     def evaluate(self, x: torch.Tensor) -> Evaluation:
+        """Queue an evaluation of the network as it is now (module docstring)."""
         frozen = self._frozen()
         evaluation = Evaluation(x.shape[0], frozen)
-        n = x.shape[0]
-        between = len(self.net.physical_layers()) - 1  # short fillers per step (wide)
-        if self.wide is None:
-            parts = [(rows, False) for rows in _even(n, self.eval_chunk)]
-        elif not between or not self.wide[0] or n < 2 * (between + 1):
-            parts = [(rows, False) for rows in _even(n, max(1, self.wide[1]))]
-        else:  # per long chunk, ``between`` short ones: each gives a filler per layer
-            short, long = self.wide
-            groups = -(-n // (between * short + long))
-            n_short = round(n * between * short / (between * short + long))
-            n_short = min(n - groups, max(between * groups, n_short))
-            parts = [(slice(r.start, r.stop), True)
-                     for r in _even(n_short, -(-n_short // (between * groups)))]
-            parts += [(slice(n_short + r.start, n_short + r.stop), False)
-                      for r in _even(n - n_short, -(-(n - n_short) // groups))]
-        for rows, is_short in parts:
-            # the first request is computed when the filler is sent
-            self.fillers.append(_EvalFlow(_eval_forward(frozen, x[rows]), evaluation,
-                                          rows.start, short=is_short, x=x[rows]))
-            evaluation.remaining += 1
+        for rows in _even(x.shape[0], self.eval_chunk):
+            self._queue(evaluation, rows.start, x[rows])
         return evaluation
 
-    def _send_filler(self, short: bool | None = None) -> bool:
-        """Send the next filler (with ``short``, preferably one of that kind)."""
+    def _queue(self, evaluation: Evaluation, start: int, x: torch.Tensor) -> None:
+        """Queue rows ``x`` (from row ``start``) of ``evaluation`` as a filler."""
+        assert evaluation.network is not None
+        self.fillers.append(_EvalFlow(_eval_forward(evaluation.network, x), evaluation,
+                                      start, x))
+        evaluation.remaining += 1
+
+    def _send_filler(self) -> bool:
+        """Send the next filler's request; False when there is none."""
         if not self.fillers:
             return False
-        flow = self.fillers[0]
-        if short is not None and flow.short != short:
-            flow = next((f for f in self.fillers if f.short == short), flow)
-        self.fillers.remove(flow)
+        flow = self.fillers.popleft()
         if flow.request is None:
             with torch.inference_mode():
                 flow.request = next(flow.flow)
@@ -440,6 +369,8 @@ class Pipeline:
         return True
 
     def _advance_eval(self, flow: _EvalFlow, y: torch.Tensor, eager: bool) -> None:
+        """An evaluation reply: the chunk's next request (sent at once if ``eager``, else
+        queued as a filler), or its scores."""
         try:
             with torch.inference_mode():
                 flow.request = flow.flow.send(y)
@@ -452,13 +383,32 @@ class Pipeline:
                 evaluation.network = None
             return
         if eager:
-            self._send_filler_of(flow)
+            self.fillers.appendleft(flow)
+            self._send_filler()
         else:
             self.fillers.append(flow)
 
-    def _send_filler_of(self, flow: _EvalFlow) -> None:
-        self.fillers.appendleft(flow)
-        self._send_filler()
+    def drain(self) -> None:
+        """Send every outstanding evaluation request (a wavefront) and wait for all replies.
+        An evaluation none of whose requests was sent yet (the last one of a training) is cut
+        again into as few chunks as the message limit allows, two at least (every request
+        costs the daemon its dead time)."""
+        evaluations = {id(f.evaluation): f.evaluation for f in self.fillers}
+        for evaluation in evaluations.values():
+            flows = [f for f in self.fillers if f.evaluation is evaluation]
+            if (len(flows) <= 2 or evaluation.parts or evaluation.remaining != len(flows)
+                    or any(f.request is not None for f in flows)):
+                continue
+            for f in flows:
+                self.fillers.remove(f)
+            evaluation.remaining = 0
+            x = torch.cat([f.x for f in sorted(flows, key=lambda f: f.start)])
+            for rows in _even(x.shape[0], min(-(-x.shape[0] // 2), self.most)):
+                self._queue(evaluation, rows.start, x[rows])
+        while self.fillers:
+            self._send_filler()
+        while self.inflight:
+            self._collect(eager=True)
 
     # -- replies --------------------------------------------------------------------------
 
@@ -472,104 +422,25 @@ class Pipeline:
         y = torch.from_numpy(np.array(result.y, dtype=np.float32))
         if isinstance(entry.owner, _EvalFlow):
             self._advance_eval(entry.owner, y, eager)
-        elif entry.layer.recorder is not None and not isinstance(entry.owner, _Chunk):
-            entry.layer.recorder(entry.xn, entry.tn, y.numpy())  # (a batched step records
-            # each layer's minibatch at once, as the plain loop does)
         return entry, y
 
     def _reply_for(self, kind: type[Owner]) -> tuple[_InFlight, Owner, torch.Tensor]:
-        """Collect replies (``_collect`` handles evaluation ones) until one for a flow of type
-        ``kind`` arrives: its entry, its flow and the measured ``y``."""
+        """Collect replies (``_collect`` handles evaluation ones) until one for an owner of
+        type ``kind`` arrives: its entry, its owner and the measured ``y``."""
         while True:
             entry, y = self._collect()
             if isinstance(entry.owner, kind):
                 return entry, entry.owner, y
 
-    def drain(self) -> None:
-        """Send every outstanding evaluation request (wavefront) and wait for all replies.
-        An evaluation none of whose requests was sent yet (the last one of a training) is cut
-        again into two chunks (sizes for fillers are of no use here, and every request costs
-        the daemon its dead time)."""
-        for evaluation in {id(f.evaluation): f.evaluation for f in self.fillers}.values():
-            flows = sorted((f for f in self.fillers if f.evaluation is evaluation),
-                           key=lambda f: f.start)
-            if (len(flows) <= 2 or evaluation.network is None or evaluation.parts
-                    or evaluation.remaining != len(flows)
-                    or any(f.request is not None or f.x is None for f in flows)):
-                continue
-            for f in flows:
-                self.fillers.remove(f)
-            x = torch.cat([f.x for f in flows if f.x is not None])
-            halves = _even(x.shape[0], min(-(-x.shape[0] // 2), self.most))
-            for rows in halves:
-                self.fillers.append(_EvalFlow(_eval_forward(evaluation.network, x[rows]),
-                                              evaluation, rows.start, x=x[rows]))
-            evaluation.remaining = len(halves)
-        while self.fillers:
+    def _keep_fed(self) -> None:
+        """Before the trainer computes: if nothing is queued, send an evaluation filler."""
+        if not self.inflight:
             self._send_filler()
-        while self.inflight:
-            self._collect(eager=True)
 
     # -- training -------------------------------------------------------------------------
 
-    def _submit_train(self, flow: _TrainFlow, request: Request) -> None:
-        layer, rows, theta = request
-        xn, tn, rid = _send(layer, rows, theta)
-        # while it is measured: the model at the same point, with its graph
-        self.inflight.append(_InFlight(rid, layer, xn, tn, flow, ModelPoint.of(layer, rows,
-                                                                               theta)))
-
-    def _keep_fed(self) -> None:
-        """Before the trainer computes: if nothing is queued, send an evaluation filler."""
-        if self.fill and not self.inflight:
-            self._send_filler()
-
-    def step(self, x: torch.Tensor, labels: torch.Tensor) -> Step:
-        """``pipelined_step`` (module docstring), with evaluation fillers (class docstring)."""
-        if self.batched:
-            return self._step_batched(x, labels)
-        batch = x.shape[0]
-        pending = 0
-        # requests of this step still to send: once the last one is sent, a filler queues
-        # behind it, measured while the trainer waits for that reply and computes
-        to_send = -(-batch // self.chunk) * len(self.net.physical_layers())
-        for start in range(0, batch, self.chunk):
-            flow = _TrainFlow(_chunk_forward(self.net, x[start:start + self.chunk]),
-                              slice(start, min(start + self.chunk, batch)))
-            self._submit_train(flow, next(flow.flow))
-            pending += 1
-            to_send -= 1
-        if to_send == 0 and self.fill:
-            self._send_filler()
-        parts: list[tuple[slice, torch.Tensor]] = []
-        total = 0.0
-        began = self.instrument_s
-        while pending:
-            entry, owner, y = self._reply_for(_TrainFlow)
-            assert entry.point is not None
-            try:
-                request = owner.flow.send((entry.point, y))
-            except StopIteration as done:
-                pending -= 1
-                self._keep_fed()
-                scores = done.value
-                loss = self.loss_sum(scores, labels[owner.rows]) / batch
-                loss.backward()
-                total += loss.item()
-                parts.append((owner.rows, scores.detach()))
-                continue
-            self._submit_train(owner, request)
-            to_send -= 1
-            if to_send == 0 and self.fill:
-                self._send_filler()
-        self._keep_fed()
-        parts.sort(key=lambda p: p[0].start)
-        return Step(total, torch.cat([s for _, s in parts]), self.instrument_s - began)
-
     def _jacobians(self, layers: list[PhysicalLayer]) -> bool:
-        """Whether this step computes Jacobians (``jacobians``; ``None``: when no evaluation
-        fills the gap after the step, and every layer has few outputs, since a Jacobian
-        costs a backward pass per output)."""
+        """Whether this step computes Jacobians (``jacobians``)."""
         if self.jacobians is not None:
             return self.jacobians
         return not self.fillers and all(layer.output_dim <= JACOBIAN_OUTPUTS
@@ -599,183 +470,79 @@ class Pipeline:
                 segments[-1].append(block)
         return layers, segments
 
-    def _step_batched(self, x: torch.Tensor, labels: torch.Tensor) -> Step:
-        """The same step with the model's work batched over the whole minibatch: chunks run
-        the wavefront *without* gradients (only to compute each request); the minibatch's
-        forward with its graph is built layer by layer, as soon as every chunk of the
-        previous layer is measured, and the model is evaluated (with its graph) once per
-        layer at all chunks' rows, as soon as they are all sent (while they are measured).
-        After the last reply only the last layer's output, the digital blocks after it, the
-        loss and one backward pass remain. Half the model evaluations and backward passes
-        of ``step``; the same gradient."""
+    def _chunk_size(self, batch: int) -> int:
+        """Samples per request of a step of ``batch`` samples."""
+        return self.chunk
+
+    def _sent(self, m: _Minibatch, k: int) -> None:
+        """After a step's request for layer ``k``: a filler behind the step's last one (it is
+        measured while the trainer waits for that reply, back-propagates and steps)."""
+        if m.to_send == 0:
+            self._send_filler()
+
+    def _submit(self, m: _Minibatch, k: int, index: int, rows: torch.Tensor,
+                theta: torch.Tensor) -> None:
+        """Send chunk ``index``'s request for layer ``k``."""
+        xn, tn, rid = _send(m.layers[k], rows, theta)
+        self.inflight.append(_InFlight(rid, m.layers[k], xn, tn, _Chunk(index, k)))
+        m.sent[k][index] = (rows, theta)
+        m.to_send -= 1
+        self._sent(m, k)
+
+    def step(self, x: torch.Tensor, labels: torch.Tensor) -> Step:
+        """One minibatch forward (hardware) and backward (models): module docstring."""
         batch = x.shape[0]
         layers, segments = self._segments()
-        wide = self.wide is not None and self.fill and bool(self.fillers)
-        jacobians = self._jacobians(layers)
-        chunk = min(batch, self.most) if wide else self.chunk
-        chunks = [slice(start, min(start + chunk, batch)) for start in range(0, batch, chunk)]
-        sent: list[list[tuple[torch.Tensor, torch.Tensor] | None]] = [
-            [None] * len(chunks) for _ in layers]
-        measured: list[list[torch.Tensor | None]] = [[None] * len(chunks) for _ in layers]
-        sent_arrays: list[list[tuple[np.ndarray, np.ndarray] | None]] = [
-            [None] * len(chunks) for _ in layers]  # what went to the hardware (for a recorder)
-        waiting = [len(chunks)] * len(layers)  # replies still to come, per layer
-        to_send = len(chunks) * len(layers)
+        chunk = self._chunk_size(batch)
+        m = _Minibatch(layers, segments, [slice(s, min(s + chunk, batch))
+                                          for s in range(0, batch, chunk)],
+                       self._jacobians(layers))
         began = self.instrument_s
-
-        def rows_of(layer: PhysicalLayer, c: slice) -> slice:
-            return slice(c.start * layer.units, c.stop * layer.units)
-
-        def submit(k: int, index: int, rows: torch.Tensor, theta: torch.Tensor) -> None:
-            nonlocal to_send
-            layer = layers[k]
-            xn, tn, rid = _send(layer, rows, theta)
-            self.inflight.append(_InFlight(rid, layer, xn, tn, _Chunk(index, k)))
-            sent[k][index] = (rows, theta)
-            to_send -= 1
-            if to_send == 0 and self.fill:
-                self._send_filler(False if wide else None)
-            elif wide and k + 1 < len(layers):
-                self._send_filler(True)
-
-        def graph_inputs(k: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            """Layer ``k``'s rows and parameters for the minibatch, with their graph, from
-            the output ``h`` of the previous layer (or the input)."""
-            for block in segments[k]:
-                h = block(h)
-            return layers[k]._rows(h)
-
-        def point(k: int) -> ModelPoint:
-            """The model at every row sent for layer ``k`` (once all are sent)."""
-            parts = [p for p in sent[k] if p is not None]
-            theta = parts[0][1]
-            if theta.ndim == 2:
-                theta = torch.cat([p[1] for p in parts])
-            return self._point(layers[k], torch.cat([p[0] for p in parts]), theta, jacobians)
-
-        inputs = [graph_inputs(0, x)]
-        rows, theta = inputs[0][0].detach(), inputs[0][1].detach()
-        for index, c in enumerate(chunks):
-            r = rows_of(layers[0], c)
-            submit(0, index, rows[r], theta[r] if theta.ndim == 2 else theta)
-        points = [self._point(layers[0], rows, theta, jacobians)]
-        if self.fill and not self._frozen_made:  # while the first replies are awaited: the
-            self._frozen_pool.append(self._new_frozen())  # copy the first evaluation needs
-        scores: torch.Tensor | None = None
+        m.inputs.append(m.graph_inputs(0, x))
+        rows, theta = m.inputs[0][0].detach(), m.inputs[0][1].detach()
+        units = layers[0].units
+        for index, c in enumerate(m.chunks):
+            r = slice(c.start * units, c.stop * units)
+            self._submit(m, 0, index, rows[r], theta[r] if theta.ndim == 2 else theta)
+        m.points.append(self._point(layers[0], rows, theta, m.jacobians))
+        if not self._frozen_made:  # while the first replies are awaited: the copy the
+            self._frozen_pool.append(self._new_frozen())  # first evaluation needs
+        scores = None
         while scores is None:
             entry, owner, y = self._reply_for(_Chunk)
-            k, index = owner.layer, owner.index
-            measured[k][index] = y
-            sent_arrays[k][index] = entry.xn, entry.tn
-            waiting[k] -= 1
-            layer = layers[k]
-            if k + 1 < len(layers):  # this chunk's next request, without gradients
-                n = chunks[index].stop - chunks[index].start
-                with torch.no_grad():
-                    submit(k + 1, index, *graph_inputs(
-                        k + 1, y.reshape(n, layer.units * layer.output_dim)))
-            if waiting[k]:
-                continue
-            # layer k measured for the whole minibatch: its output with the graph
-            y_all = torch.cat([m for m in measured[k] if m is not None])
-            if layer.recorder is not None:  # the minibatch's rows at once, as the plain loop
-                arrays = [a for a in sent_arrays[k] if a is not None]
-                tn = arrays[0][1]
-                layer.recorder(np.concatenate([a[0] for a in arrays]),
-                               np.concatenate([a[1] for a in arrays]) if tn.ndim == 2 else tn,
-                               y_all.numpy())
-            out = MeasuredPAT.apply(*inputs[k], points[k], y_all).reshape(
-                batch, layer.units * layer.output_dim)
-            if k + 1 < len(layers):
-                inputs.append(graph_inputs(k + 1, out))
-                points.append(point(k + 1))
-            else:
-                for block in segments[-1]:
-                    out = block(out)
-                scores = out
+            scores = self._measured(m, owner, entry, y)
         self._keep_fed()
         loss = self.loss_sum(scores, labels) / batch
         loss.backward()
         return Step(loss.item(), scores.detach(), self.instrument_s - began)
 
-    # -- training one step stale ----------------------------------------------------------
-
-    def _replica(self, pool: list[PhysicalNetwork]) -> PhysicalNetwork:
-        """A copy of the network at its current parameters (hardware, digital models and
-        recorder shared), taken from ``pool`` or made."""
-        if pool:
-            replica = pool.pop()
+    def _measured(self, m: _Minibatch, chunk: _Chunk, entry: _InFlight, y: torch.Tensor
+                  ) -> torch.Tensor | None:
+        """A step's reply: the chunk's next request (computed without gradients); once the
+        layer is measured for the whole minibatch, its output with the graph (and the model
+        at the next layer's rows); after the last layer, the scores."""
+        k, index = chunk.layer, chunk.index
+        layer = m.layers[k]
+        m.measured[k][index] = y
+        m.arrays[k][index] = entry.xn, entry.tn
+        m.waiting[k] -= 1
+        if k + 1 < len(m.layers):
+            n = m.chunks[index].stop - m.chunks[index].start
             with torch.no_grad():
-                for mine, live in zip(replica.parameters(), self.net.parameters(), strict=True):
-                    mine.copy_(live)
-            return replica
-        replica = self._copy(recorder=True)
-        for p in replica.parameters():
-            p.grad = None
-        return replica
-
-    def train_epoch(self, batches: list[tuple[torch.Tensor, torch.Tensor]],
-                    opt: torch.optim.Optimizer) -> list[float]:
-        """Minibatches ``batches`` with the optimiser ``opt``, two minibatches in flight:
-        gradients one step stale (module docstring, "one step stale"). Returns each
-        minibatch's mean loss. The optimiser steps here (``zero_grad`` included)."""
-        pool: list[PhysicalNetwork] = []
-        replicas: dict[int, PhysicalNetwork] = {}
-        pending: dict[int, int] = {}  # minibatch -> chunks not yet back-propagated
-        losses = [0.0] * len(batches)
-
-        def start(k: int) -> None:
-            replica = replicas[k] = self._replica(pool)
-            x = batches[k][0]
-            pending[k] = 0
-            for begin in range(0, x.shape[0], self.chunk):
-                flow = _TrainFlow(_chunk_forward(replica, x[begin:begin + self.chunk]),
-                                  slice(begin, min(begin + self.chunk, x.shape[0])), k)
-                self._submit_train(flow, next(flow.flow))
-                pending[k] += 1
-
-        for k in range(min(2, len(batches))):
-            start(k)
-        following = 2
-        while pending:
-            entry, owner, y = self._reply_for(_TrainFlow)
-            assert entry.point is not None
-            try:
-                request = owner.flow.send((entry.point, y))
-            except StopIteration as done:
-                k = owner.minibatch
-                pending[k] -= 1
-                self._keep_fed()
-                labels = batches[k][1]
-                loss = self.loss_sum(done.value, labels[owner.rows]) / labels.shape[0]
-                loss.backward()
-                losses[k] += loss.item()
-                if pending[k]:
-                    continue
-                del pending[k]
-                replica = replicas.pop(k)
-                for live, mine in zip(self.net.parameters(), replica.parameters(),
-                                      strict=True):
-                    live.grad, mine.grad = mine.grad, None
-                opt.step()
-                opt.zero_grad()
-                pool.append(replica)
-                if following < len(batches):
-                    start(following)
-                    following += 1
-                continue
-            self._submit_train(owner, request)
-        self._keep_fed()
-        return losses
-
-
-def pipelined_step(net: PhysicalNetwork, x: torch.Tensor, labels: torch.Tensor,
-                   loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                   chunk: int) -> Step:
-    """Forward on the hardware and backward for one minibatch, pipelined (module docstring).
-
-    ``loss_sum(scores, labels)`` must return the *sum* of per-sample losses (e.g.
-    ``CrossEntropyLoss(reduction="sum")``); the gradient left in the parameters is that of the
-    mean over the minibatch.
-    """
-    return Pipeline(net, loss_sum, chunk, fill=False, batched=False).step(x, labels)
+                h = y.reshape(n, layer.units * layer.output_dim)
+                self._submit(m, k + 1, index, *m.graph_inputs(k + 1, h))
+        if m.waiting[k]:
+            return None
+        y_all = torch.cat(m.measured[k])
+        if layer.recorder is not None:  # the minibatch's rows at once, as the plain loop
+            layer.recorder(*m.joined(m.arrays[k]), y_all.numpy())
+        out = MeasuredPAT.apply(*m.inputs[k], m.points[k], y_all).reshape(
+            y_all.shape[0] // layer.units, layer.units * layer.output_dim)
+        if k + 1 < len(m.layers):
+            m.inputs.append(m.graph_inputs(k + 1, out))
+            m.points.append(self._point(m.layers[k + 1], *m.joined(m.sent[k + 1]),
+                                        m.jacobians))
+            return None
+        for block in m.segments[-1]:
+            out = block(out)
+        return out

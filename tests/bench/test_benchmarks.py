@@ -1,5 +1,6 @@
-"""Every benchmark runs from the command line in its quick form and writes valid JSON with the
-figures the README quotes (bounds are generous: these are smoke tests, not performance tests)."""
+"""Every benchmark runs from the command line (``python -m benchmarks.NAME``) in its quick form
+and writes valid JSON with the figures the README quotes (bounds are generous: these are smoke
+tests, not performance tests)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
+#: The checkout: benchmarks are not installed, they run from there.
+ROOT = Path(__file__).resolve().parents[2]
 
-def bench(tmp_path: Path, *args: str) -> dict:
+
+def bench(tmp_path: Path, name: str, *args: str) -> dict:
     out = tmp_path / "figures.json"
-    done = subprocess.run([sys.executable, "-m", "labd", "bench", *args, "--json", str(out)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *args, "--json", str(out)],
+                          capture_output=True, text=True, timeout=120, check=False, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     return json.loads(out.read_text())
 

@@ -256,3 +256,9 @@ def run(payloads: tuple[tuple[int, int], ...] = PAYLOADS,
                 except subprocess.TimeoutExpired:
                     server.kill()
                     server.wait()
+
+
+if __name__ == "__main__":
+    from benchmarks import runner
+
+    raise SystemExit(runner.run(__spec__.name, DESCRIPTION, add_arguments, main))

@@ -70,3 +70,9 @@ def shots_per_second(name: str, seconds: float = 5.0) -> dict[str, Any]:
         system.close()
     return {"shots_per_s": shots / elapsed, "batch": batch, "shots": shots,
             "us_per_shot": 1e6 * elapsed / shots, "target": TARGETS[name]}
+
+
+if __name__ == "__main__":
+    from benchmarks import runner
+
+    raise SystemExit(runner.run(__spec__.name, DESCRIPTION, add_arguments, main))

@@ -107,3 +107,9 @@ def measure_overhead(round_trips: int = 300, dim: int = 65536, clients: int = 1,
         "store_file_bytes": store_bytes,  # the SQLite file (metadata)
         "store_blob_bytes": blob_bytes,  # its segment files (the arrays)
     }
+
+
+if __name__ == "__main__":
+    from benchmarks import runner
+
+    raise SystemExit(runner.run(__spec__.name, DESCRIPTION, add_arguments, main))

@@ -12,17 +12,18 @@ evaluated on the hardware (test accuracy, the whole test set) after every epoch:
 * ``labd_sync``: the plain loop and evaluation through a daemon (``LocalDaemon``, store
   disabled), one synchronous ``forward`` per physical layer and minibatch, as ``Trainer``;
 * ``labd_pipelined``: the same training through the same daemon with
-  ``labd.train.pipeline.Pipeline`` (each minibatch cut into ``--chunks`` requests per layer,
-  in a wavefront, the model evaluated at each layer's rows while they are measured; the
-  evaluations, of a frozen copy of the network, measured as fillers in the gaps each step
-  leaves, the rest sent back to back at the end; in steps no evaluation fills, the first
-  epoch, the model's Jacobians computed while measuring so that the backward pass after the
-  last reply is cheap; ``--wide``: one request per layer and minibatch with fillers between).
-  The same algorithm as the plain loop (the gradients are equal, tested): this is the
-  headline ``duty_cycle``;
-* ``labd_stale``: ``Pipeline.train_epoch``, two whole minibatches in flight, gradients one
-  step stale: a *different* algorithm (delayed-gradient Adam), which trains to a worse loss
-  at this learning rate (``docs/performance.md``); reported for comparison only;
+  ``labd.train.pipeline.Pipeline``, as ``labd train`` runs it: each minibatch cut into
+  ``--chunks`` requests per layer, in a wavefront, the model evaluated at each layer's rows
+  while they are measured; the evaluations, of a frozen copy of the network, measured as
+  fillers in the gaps each step leaves, the rest sent back to back at the end; in steps no
+  evaluation fills (the first epoch) the model's Jacobians computed while measuring. The
+  same algorithm as the plain loop (the gradients are equal, tested): the headline
+  ``duty_cycle``. The options ``--unbatched``, ``--jacobians`` and ``--wide`` try the
+  variants of ``benchmarks.pipeline_variants`` instead;
+* ``labd_stale``: ``VariantPipeline.train_epoch`` (``benchmarks.pipeline_variants``), two
+  whole minibatches in flight, gradients one step stale: a *different* algorithm
+  (delayed-gradient Adam), which trains to a worse loss at this learning rate
+  (``docs/performance.md``); reported for comparison only;
 * ``labd_pipelined_steps`` and ``labd_stale_steps``: the same without any evaluation (the
   training steps alone, as this benchmark measured before evaluations were included).
 
@@ -47,6 +48,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks.pipeline_variants import VariantPipeline, filler_sizes
 from drivers.physics.nominal import nominal_model
 from labd.client import LabClient
 from labd.config import default_config_text, load_config
@@ -63,7 +66,7 @@ from labd.train.arch import Arch, build_network, default_arch
 from labd.train.datasets import Dataset, load_task
 from labd.train.hardware import Hardware
 from labd.train.layers import PhysicalNetwork
-from labd.train.pipeline import Pipeline, filler_sizes
+from labd.train.pipeline import Pipeline
 
 DESCRIPTION = "instrument duty cycle of PAT training of SHG vowels at 1 ms per shot"
 
@@ -83,17 +86,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the training chunk)")
     p.add_argument("--unbatched", action="store_true",
                    help="pipelined approach: the model evaluated and back-propagated per chunk "
-                        "(Pipeline(batched=False)) instead of once per layer and minibatch")
+                        "(VariantPipeline(batched=False)) instead of once per layer and minibatch")
     p.add_argument("--jacobians", choices=["auto", "on", "off"], default="auto",
                    help="pipelined approach: the model's Jacobians at each layer's rows computed "
                         "while they are measured, so that the backward pass after the last reply "
-                        "is two small products per layer (Pipeline(jacobians=...)); auto "
+                        "is two small products per layer (VariantPipeline(jacobians=...)); auto "
                         "(default): in steps no evaluation fills, i.e. the first epoch")
     p.add_argument("--wide", type=int, nargs="*", metavar="ROWS",
                    help="pipelined approach, while evaluations are outstanding: one request per "
                         "layer and minibatch with a SHORT-row evaluation filler behind each but "
                         "the last layer's and a LONG-row one behind it (--wide SHORT LONG; "
-                        "--wide alone: labd.train.pipeline.filler_sizes, 2 and 8 here). Default: "
+                        "--wide alone: pipeline_variants.filler_sizes, 2 and 8 here). Default: "
                         "--chunks requests per layer and minibatch, fillers of --eval-chunk rows "
                         "(measured better since the daemon hands replies over during the next "
                         "request's shots, docs/performance.md)")
@@ -308,12 +311,88 @@ APPROACHES = ("reference", "labd_sync", "labd_pipelined", "labd_pipelined_steps"
               "labd_stale_steps")
 
 
+@dataclass(frozen=True)
+class _Setup:
+    """What every approach shares: data, design, initial network, loss and sizes."""
+
+    data: Dataset
+    arch: Arch
+    net0: PhysicalNetwork
+    epochs: int
+    seed: int
+    shot_s: float
+
+    def network(self, hardware: Any) -> PhysicalNetwork:
+        net = copy.deepcopy(self.net0)
+        for layer in net.physical_layers():
+            layer.hardware = hardware
+        return net
+
+    def plain_step(self, net: PhysicalNetwork) -> Callable[[torch.Tensor, torch.Tensor], float]:
+        def step(xb: torch.Tensor, yb: torch.Tensor) -> float:
+            loss = nn.functional.cross_entropy(net(xb), yb)
+            loss.backward()
+            return loss.item()
+        return step
+
+
+def _reference(setup: _Setup, reference: InProcess) -> dict[str, Any]:
+    """The plain loop, the physical function called in-process."""
+    net = setup.network(reference)
+    spent = [0.0, 0.0]
+    reference.system.open()
+    try:
+        run = _train(net, setup.data, setup.arch, setup.epochs, setup.seed,
+                     setup.plain_step(net), _counting(
+                         _plain_evaluate(net), lambda: (reference.queries,
+                                                        reference.instrument_s), spent),
+                     instrument=lambda: reference.instrument_s)
+    finally:
+        reference.system.close()
+    return _figures(reference.queries, reference.instrument_s, run, setup.shot_s,
+                    int(spent[0]), spent[1])
+
+
+def _sync(setup: _Setup, client: LabClient, endpoint: str) -> dict[str, Any]:
+    """The plain loop through the daemon."""
+    timed = TimedClient(client)
+    hw = Hardware(timed, SYSTEM, endpoint)
+    net = setup.network(hw)
+    spent = [0.0, 0.0]
+    run = _train(net, setup.data, setup.arch, setup.epochs, setup.seed, setup.plain_step(net),
+                 _counting(_plain_evaluate(net), lambda: (hw.queries, timed.instrument_s),
+                           spent), instrument=lambda: timed.instrument_s)
+    return _figures(hw.queries, timed.instrument_s, run, setup.shot_s, int(spent[0]), spent[1])
+
+
+def _pipelined(setup: _Setup, client: LabClient, endpoint: str, evaluating: bool,
+               stale: bool, chunk: int, eval_chunk: int, variant: dict[str, Any]
+               ) -> dict[str, Any]:
+    """The pipelined approaches: ``Pipeline`` as ``labd train`` runs it, or with ``variant``
+    options or ``stale`` a ``VariantPipeline``."""
+    hw = Hardware(client, SYSTEM, endpoint)
+    net = setup.network(hw)
+    ce_sum = nn.CrossEntropyLoss(reduction="sum")
+    pipe = (VariantPipeline(net, ce_sum, chunk, eval_chunk, **variant) if variant or stale
+            else Pipeline(net, ce_sum, chunk, eval_chunk))
+
+    def step(xb: torch.Tensor, yb: torch.Tensor) -> float:
+        return pipe.step(xb, yb).loss
+
+    run = _train(net, setup.data, setup.arch, setup.epochs, setup.seed,
+                 None if stale else step, pipe.evaluate if evaluating else None, pipe.drain,
+                 pipe.train_epoch if stale else None,  # type: ignore[attr-defined]
+                 instrument=lambda: pipe.instrument_s)
+    return _figures(hw.queries, pipe.instrument_s, run, setup.shot_s)
+
+
 def measure_duty(epochs: int = 5, chunks: int = 2, shot_s: float = 0.001,
                  seed: int = 0, eval_chunk: int | None = None, stale_chunks: int = 1,
                  batched: bool = True, jacobians: bool | None = None,
                  wide: tuple[int, ...] | bool | None = False) -> dict[str, Any]:
-    """Duty cycles of the approaches (module docstring). ``wide``: ``Pipeline(wide=...)``
-    sizes, ``None`` for ``filler_sizes``, ``False`` (default) for none."""
+    """Duty cycles of the approaches (module docstring). ``wide``: the sizes of
+    ``VariantPipeline(wide=...)``, ``None`` for ``filler_sizes``, ``False`` (default) for
+    none."""
     torch.set_num_threads(1)
     data = load_task("vowels", None, None)
     arch = default_arch("vowels", SYSTEM)
@@ -323,10 +402,13 @@ def measure_duty(epochs: int = 5, chunks: int = 2, shot_s: float = 0.001,
     if wide is not False and wide is not True and len(wide) != 2:
         raise ValueError(f"--wide takes two sizes (SHORT LONG) or none, got {list(wide)}")
     wide_sizes = None if wide is False or wide is True else (int(wide[0]), int(wide[1]))
+    variant: dict[str, Any] = {} if batched else {"batched": False}  # labd train's: none
+    if jacobians is not None:
+        variant["jacobians"] = jacobians
+    if wide_sizes is not None:
+        variant["wide"] = wide_sizes
     chunk = -(-arch.batch_size // chunks)  # rows per request
     eval_chunk = eval_chunk or chunk
-    stale_chunk = -(-arch.batch_size // stale_chunks)
-    ce_mean, ce_sum = nn.CrossEntropyLoss(), nn.CrossEntropyLoss(reduction="sum")
     out: dict[str, Any] = {"system": SYSTEM, "shot_s": shot_s, "epochs": epochs, "chunk": chunk,
                            "eval_chunk": eval_chunk, "batch_size": arch.batch_size,
                            "depth": arch.depth, "test_samples": len(data.y_test),
@@ -335,64 +417,25 @@ def measure_duty(epochs: int = 5, chunks: int = 2, shot_s: float = 0.001,
     with tempfile.TemporaryDirectory(prefix="labd-bench-duty-") as tmp:
         config = Path(tmp) / "shg.toml"
         config.write_text(shg_config(shot_s))
-        system_config = load_config(config).systems[SYSTEM]
-        reference = InProcess(PhysicalSystem.from_config(SYSTEM, system_config))
-        net0 = _network(arch, data, reference.description, seed)
-
-        def plain(net: PhysicalNetwork) -> Callable[[torch.Tensor, torch.Tensor], float]:
-            def step(xb: torch.Tensor, yb: torch.Tensor) -> float:
-                loss = ce_mean(net(xb), yb)
-                loss.backward()
-                return loss.item()
-            return step
-
-        net = copy.deepcopy(net0)
-        for layer in net.physical_layers():
-            layer.hardware = reference  # type: ignore[assignment]
-        spent = [0.0, 0.0]
-        reference.system.open()
-        try:
-            run = _train(net, data, arch, epochs, seed, plain(net), _counting(
-                _plain_evaluate(net), lambda: (reference.queries, reference.instrument_s),
-                spent), instrument=lambda: reference.instrument_s)
-        finally:
-            reference.system.close()
-        out["reference"] = _figures(reference.queries, reference.instrument_s, run, shot_s,
-                                    int(spent[0]), spent[1])
-
+        reference = InProcess(PhysicalSystem.from_config(SYSTEM,
+                                                         load_config(config).systems[SYSTEM]))
+        setup = _Setup(data, arch, _network(arch, data, reference.description, seed), epochs,
+                       seed, shot_s)
+        out["reference"] = _reference(setup, reference)
         with LocalDaemon(config=config) as daemon, LabClient(daemon.endpoint) as client:
-            timed = TimedClient(client)
-            hw = Hardware(timed, SYSTEM, daemon.endpoint)
-            net = copy.deepcopy(net0)
-            for layer in net.physical_layers():
-                layer.hardware = hw
-            spent = [0.0, 0.0]
-            run = _train(net, data, arch, epochs, seed, plain(net), _counting(
-                _plain_evaluate(net), lambda: (hw.queries, timed.instrument_s), spent),
-                instrument=lambda: timed.instrument_s)
-            out["labd_sync"] = _figures(hw.queries, timed.instrument_s, run, shot_s,
-                                        int(spent[0]), spent[1])
-
+            out["labd_sync"] = _sync(setup, client, daemon.endpoint)
             for name, evaluating, stale in (
                     ("labd_pipelined", True, False), ("labd_pipelined_steps", False, False),
                     ("labd_stale", True, True), ("labd_stale_steps", False, True)):
-                hw = Hardware(client, SYSTEM, daemon.endpoint)
-                net = copy.deepcopy(net0)
-                for layer in net.physical_layers():
-                    layer.hardware = hw
-                pipe = Pipeline(net, ce_sum, stale_chunk if stale else chunk, eval_chunk,
-                                batched=batched, jacobians=jacobians,
-                                wide=None if stale else wide_sizes)
+                out[name] = _pipelined(
+                    setup, client, daemon.endpoint, evaluating, stale,
+                    -(-arch.batch_size // stale_chunks) if stale else chunk, eval_chunk,
+                    {k: v for k, v in variant.items() if k != "wide"} if stale else variant)
+    return _headline(out)
 
-                def pipelined(xb: torch.Tensor, yb: torch.Tensor, pipe: Pipeline = pipe
-                              ) -> float:
-                    return pipe.step(xb, yb).loss
 
-                run = _train(net, data, arch, epochs, seed, None if stale else pipelined,
-                             pipe.evaluate if evaluating else None, pipe.drain,
-                             pipe.train_epoch if stale else None,
-                             instrument=lambda pipe=pipe: pipe.instrument_s)
-                out[name] = _figures(hw.queries, pipe.instrument_s, run, shot_s)
+def _headline(out: dict[str, Any]) -> dict[str, Any]:
+    """The figures with the headline ones (the pipelined approach's) at the top level."""
     best = out["labd_pipelined"]
     out.update(duty_cycle=best["duty_cycle"], nominal_duty_cycle=best["nominal_duty_cycle"],
                shots=best["shots"], wall_s=best["wall_s"],
@@ -404,3 +447,9 @@ def measure_duty(epochs: int = 5, chunks: int = 2, shot_s: float = 0.001,
                sync_duty_cycle=out["labd_sync"]["duty_cycle"],
                sync_final_test_accuracy=out["labd_sync"]["final_test_accuracy"])
     return out
+
+
+if __name__ == "__main__":
+    from benchmarks import runner
+
+    raise SystemExit(runner.run(__spec__.name, DESCRIPTION, add_arguments, main))

@@ -1,0 +1,35 @@
+"""``run(...)``: the command line of one benchmark: its options and ``--json PATH``; prints its
+figures with ``machine`` (CPU count, 1-minute load average before and after the run: other
+processes on the machine skew every timing)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def run(prog: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+        main: Callable[[argparse.Namespace], dict[str, Any]],
+        argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
+    add_arguments(parser)
+    parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
+    args = parser.parse_args(argv)
+    before = os.getloadavg()[0]
+    figures = main(args)
+    figures["machine"] = {"cpus": os.cpu_count(), "load_1min_before": round(before, 2),
+                          "load_1min_after": round(os.getloadavg()[0], 2)}
+    width = max(map(len, figures), default=0)
+    for key, value in figures.items():
+        if isinstance(value, list | dict):  # tables: the benchmark printed them; see --json
+            shown = f"({len(value)} entries)"
+        else:
+            shown = f"{value:.6g}" if isinstance(value, float) else value
+        print(f"{key:<{width}}  {shown}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
