@@ -29,6 +29,11 @@ DRIVERS: dict[str, str] = {
     "serial.pulse_shaper": "drivers.serial.pulse_shaper:SerialPulseShaper",
     "serial.daq_dac": "drivers.serial.serial_daq:SerialDaqDAC",
     "serial.daq_adc": "drivers.serial.serial_daq:SerialDaqADC",
+    "nidaqmx.ao": "drivers.daqmx.analog:DaqmxAO",
+    "nidaqmx.ai": "drivers.daqmx.analog:DaqmxAI",
+    "sounddevice.output": "drivers.sound.card:SoundOutput",
+    "sounddevice.input": "drivers.sound.card:SoundInput",
+    "seabreeze.spectrometer": "drivers.ocean.spectrometer:OceanSpectrometer",
 }
 
 #: System kind -> "module:Class" of its simulated bench.

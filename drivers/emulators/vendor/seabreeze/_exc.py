@@ -1,0 +1,2 @@
+class SeaBreezeError(Exception):
+    pass
