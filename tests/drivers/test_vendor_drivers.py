@@ -82,7 +82,7 @@ def test_daqmx_refuses_unsafe_or_impossible_settings_before_anything_is_played(d
 
 
 def test_daqmx_read_without_the_ao_start_times_out_naming_the_channel(daq):
-    system, ao, ai, _ = daq
+    _system, _ao, ai, _ = daq
     ai.timeout_s = 0.2
     ai.open()
     ai.arm(2)  # armed on /Dev1/ao/StartTrigger, but the AO never starts
@@ -116,7 +116,7 @@ def test_sound_card_aligns_every_call_on_its_marker(sound):
 
 
 def test_sound_card_latency_calibration_is_checked_at_open(sound):
-    system, out, inp = _pair(PLATE_SOUND, SoundOutput, SoundInput, latency_frames=None)
+    _system, out, inp = _pair(PLATE_SOUND, SoundOutput, SoundInput, latency_frames=None)
     out.open()
     with pytest.raises(InstrumentError, match=r"no latency calibration: markers landed at "
                        r"\[\d+, \d+, \d+\] frames; add latency_frames = \d+") as err:
@@ -128,8 +128,8 @@ def test_sound_card_latency_calibration_is_checked_at_open(sound):
         wrong.open()
     _Card._cards.clear()
     _, _, unplugged = _pair(PLATE_SOUND, SoundOutput, SoundInput, reference=(2, 1))
-    with pytest.raises(InstrumentError, match="marker not found.*cable from output 2 to "
-                       "input 1"):
+    with pytest.raises(InstrumentError, match=r"marker not found.*cable from output 2 to "
+                       r"input 1"):
         unplugged.open()
 
 
@@ -148,7 +148,7 @@ def _spectrometer(**overrides):
 def test_spectrometer_reads_the_shg_of_the_mask_after_it_was_set(ocean):
     _, devices, _ = ocean
     shaper = devices["seabreeze"].rig
-    system, spec = _spectrometer()
+    _system, spec = _spectrometer()
     spec.open()
     assert spec.health()["idn"] == "Ocean FLAMES S/N FLMS04211"
     shaper.mask = np.zeros(shaper.channels)
@@ -204,6 +204,6 @@ def test_sounddevice_without_portaudio_says_what_to_install():
         pass
     else:
         pytest.skip("PortAudio is installed here")
-    with pytest.raises(MissingExtra, match="sounddevice is installed but cannot load: "
-                       "PortAudio library not found. Install PortAudio"):
+    with pytest.raises(MissingExtra, match=r"sounddevice is installed but cannot load: "
+                       r"PortAudio library not found\. Install PortAudio"):
         SoundOutput("p.drive", 4, (-1.0, 1.0), "Scarlett")

@@ -210,7 +210,7 @@ def test_daqmx_rates_and_ranges_are_the_cards(daq):
 
 
 def test_daqmx_finite_reads_and_triggers(daq):
-    nidaqmx, (rig, devices, _) = daq
+    nidaqmx, (_rig, _devices, _) = daq
     from nidaqmx.error_codes import DAQmxErrors as codes
 
     ai, ao = _ai(nidaqmx, samples=100), _ao(nidaqmx, samples=100)
@@ -280,7 +280,7 @@ def test_sounddevice_rejects_what_the_library_rejects(sound):
 
 
 def test_sounddevice_playrec_is_valid_after_wait_and_its_latency_varies(sound):
-    sd, (_, devices, _) = sound
+    sd, (_, _devices, _) = sound
     data = np.zeros((4000, 2), np.float32)
     data[100:164, 1] = 0.5  # a pulse on output 2, which the loopback cable returns on input 2
     lags = set()
