@@ -86,26 +86,26 @@ def _blobs(path: Path, dim: int, lo: float, hi: float) -> Path:
     return path
 
 
-@pytest.mark.parametrize("family", ["nidaq", "sound"])
-def test_pat_trains_through_the_plate_on_a_vendor_library(family, tmp_path):
+@pytest.mark.parametrize("rig", ["nidaq", "sound"], indirect=True)
+def test_pat_trains_through_the_plate_on_a_vendor_library(rig, tmp_path):
     """A short PAT run (5 epochs of 72 rows, the generic design, the nominal model's backward:
     no twin to fit) whose every forward goes through the vendor library's driver, started as
     a lab would. The budget is too small for the generic design to separate the classes (it
-    needs tens of epochs); what is checked is that every step measured on the hardware and
-    that the training loss fell, epoch after epoch."""
-    with rehearsal(family, tmp_path) as (daemon, system):
-        with LabClient(daemon.endpoint) as client:
-            d = client.describe(system)
-        data = _blobs(tmp_path / "blobs.csv", d["input_dim"], *d["input_range"])
-        run = subprocess.run(
-            [sys.executable, "-m", "labd", "train", "--data", str(data), "--system", system,
-             "--mode", "pat", "--backward", "nominal", "--endpoint", daemon.endpoint,
-             "--epochs", "5", "--out", str(tmp_path / "run"), "--no-progress"],
-            capture_output=True, text=True, timeout=600)
-        assert run.returncode == 0, run.stdout + run.stderr
-        summary = json.loads(run.stdout[run.stdout.index("{"):])
-        assert summary["physical_queries"] >= 5 * 72  # every training row, each epoch
-        with (tmp_path / "run" / "metrics.csv").open() as fh:
-            loss = [float(row["train_loss"]) for row in csv.DictReader(fh)]
-        assert len(loss) == 5 and all(np.isfinite(loss))
-        assert loss[-1] < loss[0] - 0.01, f"{family}: PAT did not lower the loss: {loss}"
+    needs tens of epochs); what is checked is that every step was measured on the hardware
+    and that the training loss fell from the first epoch to the last."""
+    family, daemon, system = rig
+    with LabClient(daemon.endpoint) as client:
+        d = client.describe(system)
+    data = _blobs(tmp_path / "blobs.csv", d["input_dim"], *d["input_range"])
+    run = subprocess.run(
+        [sys.executable, "-m", "labd", "train", "--data", str(data), "--system", system,
+         "--mode", "pat", "--backward", "nominal", "--endpoint", daemon.endpoint,
+         "--epochs", "5", "--out", str(tmp_path / "run"), "--no-progress"],
+        capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = json.loads(run.stdout[run.stdout.index("{"):])
+    assert summary["physical_queries"] >= 5 * 72  # every training row, each epoch
+    with (tmp_path / "run" / "metrics.csv").open() as fh:
+        loss = [float(row["train_loss"]) for row in csv.DictReader(fh)]
+    assert len(loss) == 5 and all(np.isfinite(loss))
+    assert loss[-1] < loss[0] - 0.01, f"{family}: PAT did not lower the loss: {loss}"
