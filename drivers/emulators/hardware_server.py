@@ -59,10 +59,10 @@ def build(rig: EmulatedRig, clock: Clock) -> tuple[dict[str, Any], dict[str, Pty
         _, ai = _channel(detector_opts.get("channel", "Dev1/ai0"))
         devices["nidaqmx"] = DaqCard(rig, clock, name, ao, ai)
     if drive.startswith("sounddevice.") or detector.startswith("sounddevice."):
-        reference = detector_opts.get("reference")
+        reference = detector_opts.get("reference", (2, 2))  # (the driver's default cable)
         devices["sounddevice"] = SoundCard(rig, clock, int(drive_opts.get("channel", 1)),
                                            int(detector_opts.get("channel", 1)),
-                                           tuple(reference) if reference else None)
+                                           (int(reference[0]), int(reference[1])))
     if detector.startswith("seabreeze."):
         rig.bench.noise = 0.0  # the spectrometer adds its own shot and read noise
         log = MaskLog(rig, clock)

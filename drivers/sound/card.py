@@ -9,12 +9,11 @@ One batch: ``SoundOutput.output(patterns)`` hands the shots (volts, divided by t
 
 and records every input for as many frames. A sound card's round-trip latency (host API
 buffers plus converters) differs from call to call, so every call is aligned on its marker: a
-Hann-windowed chirp whose position in the recording is found by cross-correlation. With
-``sync = "loopback"`` (recommended) the marker goes out on the ``reference`` output channel,
-which a cable brings straight back into the ``reference`` input: the peak is the call's
-latency to the frame. With ``sync = "chirp"`` (no cable) the marker is played through the rig
-itself on the drive channel and found in the sensor's channel; the alignment then also carries
-the rig's delay at the chirp's band, a constant the twin absorbs.
+Hann-windowed chirp played on the ``reference`` output, which a cable brings straight back into
+the ``reference`` input, found in the recording by cross-correlation: the call's latency to the
+frame. (Finding the chirp through the rig itself, without the cable, does not work for a
+resonant rig: what comes back is the chirp filtered by the plate, which correlates with the
+chirp at 0.1, not a delay.)
 
 Calibration: ``latency_frames`` (where the marker lands, measured on the lab's own machine)
 and ``latency_tolerance_frames`` are stored in the detector's table. At open the driver plays
@@ -164,16 +163,14 @@ class SoundInput(Detector):
 
     def __init__(self, name: str, samples: int, device: str | int, channel: int = 1,
                  full_scale_v: float = 1.0, sample_rate: float = 48000.0,
-                 latency: str | float = "low", sync: str = "loopback",
-                 reference: tuple[int, int] = (2, 2), latency_frames: int | None = None,
+                 latency: str | float = "low", reference: tuple[int, int] = (2, 2),
+                 latency_frames: int | None = None,
                  latency_tolerance_frames: int = 64, marker_frames: int = 1024,
                  guard_frames: int = 4800) -> None:
         super().__init__(name, samples)
-        if sync not in ("loopback", "chirp"):
-            raise ValueError(f"{name}: sync must be 'loopback' or 'chirp', got {sync!r}")
         self.card = _Card.shared(name, device, sample_rate, latency)
         self.device, self.channel, self.full_scale_v = device, int(channel), float(full_scale_v)
-        self.sync, self.reference = sync, (int(reference[0]), int(reference[1]))
+        self.reference = (int(reference[0]), int(reference[1]))
         self.latency_frames = latency_frames
         self.tolerance = int(latency_tolerance_frames)
         self.template = marker(int(marker_frames), self.card.sample_rate)
@@ -181,10 +178,9 @@ class SoundInput(Detector):
         self.measured: list[int] = []
 
     def identify(self) -> str:
-        names = {self.card.check(self.name, "input", self.channel)}
-        if self.sync == "loopback":
-            names.add(self.card.check(self.name, "input", self.reference[1]))
-            names.add(self.card.check(self.name, "output", self.reference[0]))
+        names = {self.card.check(self.name, "input", self.channel),
+                 self.card.check(self.name, "input", self.reference[1]),
+                 self.card.check(self.name, "output", self.reference[0])}
         return " / ".join(sorted(names))
 
     def configure(self) -> None:
@@ -214,36 +210,25 @@ class SoundInput(Detector):
                                   "playrec", retryable=False)
 
     def _advice(self) -> str:
-        if self.sync == "loopback":
-            return (f"is the cable from output {self.reference[0]} to input "
-                    f"{self.reference[1]} in place?")
-        return f"is the rig powered and its sensor on input {self.channel}?"
+        out_ch, in_ch = self.reference
+        return f"is the cable from output {out_ch} to input {in_ch} in place?"
 
     def _play(self, drive: np.ndarray, tail: int | None = None) -> np.ndarray:
         """The recording [frames, inputs] of the marker, then ``drive`` [B, T] (digital), then
         ``tail`` frames of silence (default: the calibrated latency and its tolerance)."""
-        out_ch = self.reference[0] if self.sync == "loopback" else self.card.output.channel \
-            if self.card.output is not None else 1
+        out_ch, in_ch = self.reference
         drive_ch = self.card.output.channel if self.card.output is not None else 1
         if tail is None:
             tail = (self.latency_frames or 0) + self.tolerance + 64
         frames = self.lead + drive.size + tail
         playback = np.zeros((frames, max(out_ch, drive_ch)), np.float32)
-        amplitude = 0.5 if self.sync == "loopback" else self._chirp_amplitude()
-        playback[:self.template.size, out_ch - 1] += amplitude * self.template
+        playback[:self.template.size, out_ch - 1] = 0.5 * self.template
         playback[self.lead:self.lead + drive.size, drive_ch - 1] = drive.reshape(-1)
-        inputs = max(self.channel, self.reference[1] if self.sync == "loopback" else 0)
+        inputs = max(self.channel, in_ch)
         return self.card.playrec(self.name, playback, inputs)
 
-    def _chirp_amplitude(self) -> float:
-        """Half the drive's safe span in digital units (the marker goes through the rig)."""
-        output = self.card.output
-        if output is None:
-            return 0.1
-        return 0.5 * min(abs(output.limits[0]), abs(output.limits[1])) / output.full_scale_v
-
     def _marker(self, recording: np.ndarray, expected: int, window: float) -> tuple[int, float]:
-        in_ch = self.reference[1] if self.sync == "loopback" else self.channel
+        in_ch = self.reference[1]
         lo, hi = int(expected - window), int(expected + window)
         return find_marker(recording[:, in_ch - 1], self.template, lo, hi)
 
