@@ -16,7 +16,8 @@ A daemon then runs against it with the fake vendor libraries first on its path::
         labd serve --config examples/plate-nidaq.toml
 
 (``python -m drivers.emulators.rehearse --config ...`` does both). ``--speed`` runs the
-hardware's clock faster than wall time (default 1: real time). SIGTERM or SIGINT stop it.
+hardware's clock faster than wall time (default 1: real time). SIGTERM or SIGINT stop it, and
+so does the exit of the process that started it.
 """
 
 from __future__ import annotations
@@ -101,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    parent = os.getppid()
+    while not stop.wait(0.5) and os.getppid() == parent:  # (a killed starter: stop too)
+        pass
     listener.close()
     for pty in ptys.values():
         pty.close()

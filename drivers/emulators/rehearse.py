@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -79,18 +80,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speed", type=float, default=1.0)
     args = p.parse_args(argv)
     hardware, info = start_hardware(args.config, args.system, args.seed, args.speed)
+    daemon = None
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # (runs the cleanup below)
     try:
         with tempfile.TemporaryDirectory(prefix="labd-rehearsal-") as tmp:
             config = rehearsal_config(args.config, info, Path(tmp) / Path(args.config).name)
             print(f"rehearsing {args.config} on emulated hardware ({info['emulator']})",
-                  file=sys.stderr)
-            serve = [sys.executable, "-m", "labd", "serve", "--config", str(config), *extra]
-            return subprocess.call(serve, env=daemon_env(info))
+                  file=sys.stderr, flush=True)
+            daemon = subprocess.Popen([sys.executable, "-m", "labd", "serve", "--config",
+                                       str(config), "--exit-with-parent", *extra],
+                                      env=daemon_env(info))
+            return daemon.wait()
     except KeyboardInterrupt:
         return 130
     finally:
-        hardware.terminate()
-        hardware.wait(10)
+        for proc in (daemon, hardware):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
 
 
 if __name__ == "__main__":

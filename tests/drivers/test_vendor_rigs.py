@@ -21,7 +21,7 @@ from vendor_rigs import EXAMPLES, correlation, nominal_y
 
 from drivers.emulators.rehearse import daemon_env, rehearsal_config, start_hardware
 from labd.client import LabClient
-from labd.daemon.process import LocalDaemon
+from labd.daemon.process import LocalDaemon, free_port, wait_ready
 
 #: example, system, hardware clock speed (the plate's 6.7 s batches in ~30 ms)
 RIGS = {"nidaq": ("plate-nidaq.toml", "plate", 200.0),
@@ -109,3 +109,24 @@ def test_pat_trains_through_the_plate_on_a_vendor_library(rig, tmp_path):
         loss = [float(row["train_loss"]) for row in csv.DictReader(fh)]
     assert len(loss) == 5 and all(np.isfinite(loss))
     assert loss[-1] < loss[0] - 0.01, f"{family}: PAT did not lower the loss: {loss}"
+
+
+def test_rehearse_serves_a_lab_configuration_and_stops_cleanly():
+    """``python -m drivers.emulators.rehearse``, as the docs tell a lab to run it."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drivers.emulators.rehearse", "--config",
+         str(EXAMPLES / "plate-nidaq.toml"), "--speed", "200", "--", "--bind", endpoint,
+         "--events", "", "--store", ""], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(endpoint, 120, proc)
+        bus = proc.stderr.readline().rsplit("(", 1)[1].rstrip(")\n")
+        assert Path(bus).exists()
+        with LabClient(endpoint, timeout_s=60) as client:
+            y = client.forward("plate", np.zeros((2, 16), np.float32), np.zeros(16, np.float32))
+        assert y.shape == (2, 16)
+    finally:
+        proc.terminate()
+        code = proc.wait(60)
+    assert code == 0
+    assert not Path(bus).exists(), "the hardware server outlived the rehearsal"
