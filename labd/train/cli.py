@@ -18,7 +18,7 @@ Without ``--endpoint`` a local daemon with the embedded default configuration ru
 command's duration.
 
 Expected failures (bad data, a missing file, a daemon that cannot be reached or refuses a
-request) end the command with one line on stderr naming what failed and what to do, exit code
+request) end the command with one line naming what failed and what to do, exit code
 1 (2 for bad data or arguments); the traceback only with ``labd --log-level debug``. A run
 folder keeps every finished epoch (``--resume`` continues it); ``labd reproduce --resume``
 keeps the finished runs and resumes the others.
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,7 @@ def _failed(command: str, exc: Exception, then: str = "") -> int:
         what = f"the daemon refused a request: {exc}"
     else:
         what = str(exc)
-    print(f"labd {command}: {what}{then}", file=sys.stderr)
+    print(f"labd {command}: {what}{then}")
     return 2 if isinstance(exc, DataError) else 1
 
 

@@ -32,9 +32,9 @@ def test_unknown_system_and_missing_files_are_one_line(daemon: LocalDaemon,
     ]
     for done, named in runs:
         assert done.returncode == 1, done.stderr
-        assert "Traceback" not in done.stderr
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1 and named in lines[0], done.stderr
+        assert "Traceback" not in done.stdout + done.stderr
+        lines = done.stdout.strip().splitlines()
+        assert len(lines) == 1 and named in lines[0], done.stdout
     assert not (tmp_path / "data.npz").exists()
 
 
@@ -61,9 +61,9 @@ def test_a_failure_mid_training_leaves_the_run_resumable(
             "--backward", "nominal", "--epochs", "3", "--endpoint", daemon.endpoint,
             "--out", str(out), "--no-progress"]
     assert main(argv) == 1
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert "detector timed out" in err and "--resume" in err
+    said = capsys.readouterr()
+    assert "Traceback" not in said.out + said.err and len(said.out.strip().splitlines()) == 1
+    assert "detector timed out" in said.out and "--resume" in said.out
     # epoch 1's test evaluation was still being measured in epoch 2's gaps: its checkpoint
     # is there, its metrics row comes when resuming measures that evaluation
     import torch
