@@ -4,7 +4,7 @@ Layout of the file (every table optional except ``systems``; see ``labd/default.
 embedded default, for a commented example)::
 
     [server]            control/event endpoints, message and batch limits, queue depth
-    [store]             where measurements are recorded (see labd.daemon.store)
+    [store]             where measurements are recorded (see labd.daemon.recording)
     [systems.NAME]      one physical system: kind, dimensions, ranges, encoding, decoding,
                         nominal physics, and its two instruments
     [systems.NAME.bench]     for simulated systems: the shared simulated bench (seed, timing...)

@@ -72,16 +72,23 @@ def run(args: argparse.Namespace) -> int:
         return 2
     server = config.server.model_copy(update={
         k: v for k, v in (("control", args.bind), ("events", args.events)) if v is not None})
-    store = config.store.model_copy(update={"path": args.store} if args.store is not None else {})
+    store_config = config.store.model_copy(
+        update={"path": args.store} if args.store is not None else {})
     security = config.security.model_copy(
         update={"insecure": True} if args.insecure else {})
-    config = config.model_copy(update={"server": server, "store": store, "security": security})
-    recorder = None
+    config = config.model_copy(update={"server": server, "store": store_config,
+                                      "security": security})
+    store = None
     if config.store.path:
-        from labd.daemon.store import open_store
+        from labd.daemon.recording import open_store
+        from labd.store.database import SchemaError, StoreError
 
-        recorder = open_store(config.store.path, config.store)
-    daemon = Daemon(config, recorder)
+        try:
+            store = open_store(config.store)
+        except (StoreError, SchemaError, OSError) as exc:
+            log.error("cannot open the measurement store %s: %s", config.store.path, exc)
+            return 2
+    daemon = Daemon(config, store)
     try:
         daemon.bind()
     except zmq.ZMQError as exc:

@@ -37,9 +37,11 @@ import zmq
 from labd import __version__
 from labd.config import DaemonConfig
 from labd.daemon.auth import AllowList, Authenticator, is_loopback, load_server_keys
-from labd.daemon.recording import Recorder, SequenceCounter
+from labd.daemon.recording import SequenceCounter, package_versions
 from labd.daemon.system import PhysicalSystem, SystemFault
 from labd.daemon.worker import Job, SystemWorker, finish_job, measure_job
+from labd.store.reader import StoreReader
+from labd.store.writer import Store
 from protocols.frames import Buffer, decode_request, error_reply, ok_reply
 from protocols.transport import recv_frames, send_frames
 from protocols.v1 import (
@@ -96,13 +98,13 @@ class ReplyCache:
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig, recorder: Recorder | None = None) -> None:
+    def __init__(self, config: DaemonConfig, store: Store | None = None) -> None:
         self.config = config
-        self.recorder = recorder
+        self.store = store
         self.started = time.monotonic()
         self.context = zmq.Context()
         self._stop = threading.Event()
-        self.sequence = SequenceCounter(recorder.next_seq() if recorder else 0)
+        self.sequence = SequenceCounter(store.next_seq() if store else 0)
         self.systems = {name: PhysicalSystem.from_config(name, cfg)
                         for name, cfg in config.systems.items()}
         self.workers: dict[str, SystemWorker] = {}
@@ -156,12 +158,14 @@ class Daemon:
             self.events.bind(server.events)
         self._pipe = self.context.socket(zmq.PULL)
         self._pipe.bind(PIPE_ENDPOINT)
-        if self.recorder is not None:
-            self.recorder.start_run(self.config.model_dump(mode="json"),
-                                    {n: s.describe() for n, s in self.systems.items()})
-            for r in self.recorder.recent(server.reply_cache):  # retries across a restart
-                self._cache.put((r.client, r.request_id), ok_reply(
-                    r.request_id, {"seq": r.seq, "elapsed_s": r.elapsed_s}, [("y", r.y)]))
+        if self.store is not None:
+            self.store.start_run(self.config.model_dump(mode="json"),
+                                 {n: s.describe() for n, s in self.systems.items()},
+                                 package_versions())
+            with StoreReader(self.store.path) as recorded:  # retries across a restart
+                for r in recorded.last(server.reply_cache):
+                    self._cache.put((r.client, r.request_id), ok_reply(
+                        r.request_id, {"seq": r.seq, "elapsed_s": r.elapsed_s}, [("y", r.y)]))
         for name, system in self.systems.items():
             if system.config.inline:
                 system.open()
@@ -174,7 +178,7 @@ class Daemon:
     def _start_worker(self, system: PhysicalSystem, jobs: queue.Queue,
                       counts: tuple[int, int] = (0, 0), faulted: bool = False) -> None:
         worker = SystemWorker(system, self.context, PIPE_ENDPOINT, self.sequence,
-                              self.recorder, jobs)
+                              self.store, jobs)
         worker.served, worker.errors = counts
         worker.faulted = faulted
         self.systems[system.name] = system
@@ -266,8 +270,8 @@ class Daemon:
         for name, system in self.systems.items():
             if name in self.inline_counts:
                 system.close()
-        if self.recorder is not None:
-            self.recorder.close()
+        if self.store is not None:
+            self.store.close()
         for sock in (self.router, self.events, self._pipe):
             if sock is not None:
                 sock.close()
@@ -412,7 +416,7 @@ class Daemon:
                   theta=theta, received=time.time())
         if system.name in self.inline_counts:
             result = measure_job(system, job)
-            frames = finish_job(system, job, result, self.sequence, self.recorder)
+            frames = finish_job(system, job, result, self.sequence, self.store)
             fault = isinstance(result, SystemFault)
             self.inline_counts[system.name][1 if fault else 0] += 1
             if fault:

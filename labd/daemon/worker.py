@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-from labd.daemon.recording import Measurement, Recorder, SequenceCounter
+from labd.daemon.recording import SequenceCounter
 from labd.daemon.system import PhysicalSystem, SystemFault
+from labd.store.writer import Measurement, Store
 from protocols.frames import Buffer, error_reply, forward_reply
 from protocols.v1 import ErrorCode
 
@@ -79,7 +80,7 @@ def measure_job(system: PhysicalSystem, job: Job, meanwhile: Callable[[], None] 
 
 
 def finish_job(system: PhysicalSystem, job: Job, result: tuple[np.ndarray, float] | SystemFault,
-               sequence: SequenceCounter, recorder: Recorder | None) -> list[Buffer]:
+               sequence: SequenceCounter, store: Store | None) -> list[Buffer]:
     """The reply frames of a measured job.
 
     On success the rows get consecutive sequence numbers and the measurement is recorded
@@ -91,13 +92,13 @@ def finish_job(system: PhysicalSystem, job: Job, result: tuple[np.ndarray, float
     y, elapsed = result
     seq = sequence.take(job.x.shape[0])
     try:
-        if recorder is not None and system.config.record:
-            recorder.record(Measurement(
+        if store is not None and system.config.record:
+            store.record(Measurement(
                 system=system.name, seq=seq, client=job.client, request_id=job.request_id,
                 x=job.x, theta=job.theta, y=y, received=job.received, done=time.time(),
                 elapsed_s=elapsed))
-        elif recorder is not None:  # not recorded, but its numbers must not be handed out again
-            recorder.reserve(system.name, seq, job.x.shape[0])
+        elif store is not None:  # not recorded, but its numbers must not be handed out again
+            store.reserve(system.name, seq, job.x.shape[0])
     except Exception as exc:  # a full disk must cost a reply, not the worker
         log.exception("%s: the store failed", system.name)
         return error_reply(job.request_id, ErrorCode.INSTRUMENT_FAULT,
@@ -109,7 +110,7 @@ def finish_job(system: PhysicalSystem, job: Job, result: tuple[np.ndarray, float
 
 class SystemWorker(threading.Thread):
     def __init__(self, system: PhysicalSystem, context: zmq.Context, pipe_endpoint: str,
-                 sequence: SequenceCounter, recorder: Recorder | None,
+                 sequence: SequenceCounter, store: Store | None,
                  jobs: queue.Queue[Job | None]) -> None:
         super().__init__(name=f"labd-{system.name}", daemon=True)
         self.system = system
@@ -117,7 +118,7 @@ class SystemWorker(threading.Thread):
         self._context = context
         self._pipe_endpoint = pipe_endpoint
         self._sequence = sequence
-        self._recorder = recorder
+        self._store = store
         self.served = 0
         self.errors = 0
         self.active = False
@@ -218,7 +219,7 @@ class SystemWorker(threading.Thread):
             self.served += 1
         kind = b"error" if isinstance(result, SystemFault) else b"forward"
         message = pipe_message(kind, job, finish_job(self.system, job, result, self._sequence,
-                                                     self._recorder))
+                                                     self._store))
         with self._lock:
             self._pending = message
         if self.jobs.empty():  # else it is handed over while the next job's shots run

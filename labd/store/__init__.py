@@ -1,8 +1,5 @@
-"""The measurement store: every physical forward query, recorded crash-safe in SQLite.
+"""The measurement store: every physical forward query, recorded crash-safe.
 
-* ``labd.store.schema``: the file layout and its step upgrades.
-* ``labd.store.writer``: ``Store``, the daemon's ``Recorder`` (group commit in one writer
-  thread; the durability guarantee is stated there).
-* ``labd.store.reader``: ``StoreReader``, filtered streaming reads for ``labd data`` and the
-  trainer.
+``writer.Store`` records, ``reader.StoreReader`` reads back; docs/performance.md (Store)
+explains the design and its figures. The store imports nothing of labd outside this package.
 """

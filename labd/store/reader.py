@@ -1,54 +1,34 @@
 """Reading the measurement store back: filtered, streamed, never all in memory.
 
-Contract:
-
-* ``StoreReader(path)`` opens the file read-only (safe while a daemon writes it: a reader sees
-  committed measurements only). Files of an older schema are read after the daemon (or any
-  ``Store``) has upgraded them. The reader writes only to finish a crash: when a daemon died
-  leaving measurements in the store's journal (``labd.store.journal``) and no process writes the
-  store now, opening it first ingests them, as SQLite replays a hot journal.
-* Every query takes the same filters, all optional and combined with AND: ``system``,
-  ``since`` / ``until`` (time the request was received: UNIX seconds or ``datetime``; naive
-  datetimes are local time; ``since`` inclusive, ``until`` exclusive), ``run`` (run id) and
-  ``client``. Results are in storage order (the order measurements were committed).
-* ``records(...)`` yields one ``Record`` per stored forward request, fetching a few rows at a
-  time. ``iter_batches(..., chunk_rows=N)`` yields ``(x [n, in], theta [n, P], y [n, out])``
-  float32 arrays of at most about ``N`` rows (one measurement larger than ``N`` comes whole),
-  theta broadcast to one row per row of x; a batch never mixes dimensions (a system whose
-  dimensions changed between runs yields separate batches). ``load_arrays(...)`` concatenates
-  everything into memory (for data sets known to fit).
-* Arrays are read from the store's segment files (``labd.store.segments``) through read-only
-  memory maps, without a copy: a ``Record``'s arrays are read-only views of the mapping (they
-  keep it alive after ``close()``); ``iter_batches`` and ``load_arrays`` concatenate them into
-  new arrays. A theta is stored once however many measurements share it (``thetas``);
-  records that share one share its array.
-* A measurement pruned by a live daemon between the query and the read of its arrays raises
-  ``FileNotFoundError`` (its segment file is gone).
-* ``count(...)`` gives (measurements, rows, array bytes as sent: a shared theta counts in
-  every measurement), ``dimensions(...)`` the distinct
-  (input_dim, param_dim, output_dim); ``info()`` summarises the file per
-  system and per run; ``runs()`` lists the run records.
+* ``StoreReader(path)`` opens the file read-only, beside a live daemon (committed measurements
+  only); if no process writes the store, it first ingests what a dead writer left in the ring.
+* Queries take ``Filters`` (keywords, combined with AND): ``system``, ``since`` / ``until``
+  (time received, UNIX seconds or ``datetime``, naive is local; ``until`` exclusive), ``run``,
+  ``client``. Results come in storage order.
+* ``records`` yields a ``Record`` per forward request, its arrays read-only views of the mapped
+  segments (a segment pruned meanwhile raises ``FileNotFoundError``); ``iter_batches`` yields
+  ``(x, theta, y)`` of at most about ``chunk_rows`` rows, theta one row per row, one set of
+  dimensions each; ``load_arrays`` all at once. ``count`` gives (measurements, rows, bytes as
+  sent), ``dimensions`` the distinct (input, param, output) sizes, ``info`` a summary.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 
-from labd.store import schema
+from labd.store.database import connect_readonly, counter, latest
+from labd.store.recovery import recover_path
 from labd.store.segments import SegmentReader, blobs_dir
-from labd.store.writer import recover_path
 
 FETCH = 16  # rows fetched from SQLite at a time
-THETAS = 8  # distinct thetas ``records`` keeps decoded (measurements share them)
 
 
 @dataclass(slots=True, frozen=True)
@@ -77,8 +57,12 @@ class Record:
 Time = float | datetime | None
 
 
-def _seconds(t: float | datetime) -> float:
-    return t.timestamp() if isinstance(t, datetime) else float(t)
+class Filters(TypedDict, total=False):
+    system: str | None
+    since: Time
+    until: Time
+    run: int | None
+    client: str | None
 
 
 #: A measurement's theta bytes (stored once in ``thetas``, counted in every measurement).
@@ -91,15 +75,7 @@ class StoreReader:
         if not self.path.exists():
             raise FileNotFoundError(f"no measurement store at {self.path}")
         recover_path(self.path)
-        self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
-                                     check_same_thread=False)
-        self._conn.execute("PRAGMA busy_timeout = 10000")
-        found = schema.version(self._conn)
-        if found != schema.SCHEMA_VERSION:
-            self._conn.close()
-            raise schema.SchemaError(
-                f"{self.path} has schema version {found}; this reader reads "
-                f"{schema.SCHEMA_VERSION} (open it once with a daemon or Store to upgrade)")
+        self._conn = connect_readonly(self.path)
         self._segments = SegmentReader(blobs_dir(self.path))
 
     def close(self) -> None:
@@ -116,57 +92,46 @@ class StoreReader:
     # -- queries ------------------------------------------------------------------------------
 
     @staticmethod
-    def _where(system: str | None, since: Time, until: Time, run: int | None,
-               client: str | None) -> tuple[str, list[Any]]:
-        terms: list[str] = []
-        args: list[Any] = []
-        for term, value in (("system = ?", system), ("run = ?", run), ("client = ?", client)):
-            if value is not None:
+    def _where(**filters: Unpack[Filters]) -> tuple[str, list[Any]]:
+        terms, args = [], []
+        for name, term in (("system", "system = ?"), ("run", "run = ?"),
+                           ("client", "client = ?"), ("since", "received >= ?"),
+                           ("until", "received < ?")):
+            if (value := filters.get(name)) is not None:
                 terms.append(term)
-                args.append(value)
-        if since is not None:
-            terms.append("received >= ?")
-            args.append(_seconds(since))
-        if until is not None:
-            terms.append("received < ?")
-            args.append(_seconds(until))
+                args.append(value.timestamp() if isinstance(value, datetime) else value)
         return (" WHERE " + " AND ".join(terms)) if terms else "", args
 
-    def records(self, system: str | None = None, since: Time = None, until: Time = None,
-                run: int | None = None, client: str | None = None) -> Iterator[Record]:
-        where, args = self._where(system, since, until, run, client)
+    def records(self, **filters: Unpack[Filters]) -> Iterator[Record]:
+        where, args = self._where(**filters)
+        return self._select(f"{where} ORDER BY m.id", args)
+
+    def last(self, limit: int) -> list[Record]:
+        """The ``limit`` measurements with the highest sequence numbers, oldest first."""
+        return list(self._select(" ORDER BY seq DESC LIMIT ?", [limit]))[::-1]
+
+    def _select(self, tail: str, args: list[Any]) -> Iterator[Record]:
         cur = self._conn.execute(
-            "SELECT id, run, system, seq, rows, client, request_id, received, done, elapsed_s, "
-            "x_shape, theta_shape, y_shape, theta_id, segment, x_offset, x_bytes, y_offset, "
-            f"y_bytes FROM measurements{where} ORDER BY id", args)
+            "SELECT m.id, run, system, seq, rows, client, request_id, received, done, "
+            "elapsed_s, x_shape, theta_shape, y_shape, m.segment, x_offset, x_bytes, y_offset, "
+            "y_bytes, t.segment, t.offset, t.bytes FROM measurements m JOIN thetas t ON "
+            f"t.id = theta_id{tail}", args)
         array = self._segments.array
-        thetas: dict[tuple[int, str], np.ndarray] = {}  # the last THETAS used
         try:
             while batch := cur.fetchmany(FETCH):
                 for r in batch:
-                    key = (r[13], r[11])
-                    theta = thetas.pop(key, None)
-                    if theta is None:
-                        segment, offset, nbytes = self._conn.execute(
-                            "SELECT segment, offset, bytes FROM thetas WHERE id = ?",
-                            (r[13],)).fetchone()
-                        theta = array(segment, offset, nbytes, json.loads(r[11]))
-                        if len(thetas) >= THETAS:
-                            del thetas[next(iter(thetas))]
-                    thetas[key] = theta
-                    segment = r[14]
-                    yield Record(*r[:10], x=array(segment, r[15], r[16], json.loads(r[10])),
-                                 theta=theta, y=array(segment, r[17], r[18], json.loads(r[12])))
+                    x_shape, theta_shape, y_shape = map(json.loads, r[10:13])
+                    yield Record(*r[:10], x=array(r[13], r[14], r[15], x_shape),
+                                 theta=array(*r[18:21], theta_shape),
+                                 y=array(r[13], r[16], r[17], y_shape))
         finally:
             cur.close()
 
-    def iter_batches(self, system: str | None = None, chunk_rows: int = 4096,
-                     since: Time = None, until: Time = None, run: int | None = None,
-                     client: str | None = None
+    def iter_batches(self, chunk_rows: int = 4096, **filters: Unpack[Filters]
                      ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         parts: list[Record] = []
         held = 0
-        for rec in self.records(system, since, until, run, client):
+        for rec in self.records(**filters):
             dims = (rec.x.shape[1], rec.theta.shape[-1], rec.y.shape[1])
             if parts and (held + rec.rows > chunk_rows or dims != (
                     parts[0].x.shape[1], parts[0].theta.shape[-1], parts[0].y.shape[1])):
@@ -177,11 +142,10 @@ class StoreReader:
         if parts:
             yield _concat(parts)
 
-    def load_arrays(self, system: str | None = None, since: Time = None, until: Time = None,
-                    run: int | None = None, client: str | None = None
+    def load_arrays(self, **filters: Unpack[Filters]
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every selected row in memory; raises ``ValueError`` if dimensions differ."""
-        batches = list(self.iter_batches(system, 1 << 62, since, until, run, client))
+        batches = list(self.iter_batches(1 << 62, **filters))
         if not batches:
             raise ValueError(f"no measurements in {self.path} match the filters")
         if len(batches) > 1:
@@ -189,34 +153,28 @@ class StoreReader:
                              "select one system and run")
         return batches[0]
 
-    def count(self, system: str | None = None, since: Time = None, until: Time = None,
-              run: int | None = None, client: str | None = None) -> tuple[int, int, int]:
-        """(measurements, rows, bytes of x + theta + y) matching the filters."""
-        where, args = self._where(system, since, until, run, client)
+    def count(self, **filters: Unpack[Filters]) -> tuple[int, int, int]:
+        where, args = self._where(**filters)
         n, rows, size = self._conn.execute(
             "SELECT count(*), coalesce(sum(rows), 0), "
             f"coalesce(sum(x_bytes + {_THETA_BYTES} + y_bytes), 0) FROM measurements{where}",
             args).fetchone()
         return int(n), int(rows), int(size)
 
-    def dimensions(self, system: str | None = None, since: Time = None, until: Time = None,
-                   run: int | None = None, client: str | None = None
-                   ) -> set[tuple[int, int, int]]:
-        """The distinct (input_dim, param_dim, output_dim) of the selection (metadata only)."""
-        where, args = self._where(system, since, until, run, client)
+    def dimensions(self, **filters: Unpack[Filters]) -> set[tuple[int, int, int]]:
+        where, args = self._where(**filters)
         return {(int(a), int(b), int(c)) for a, b, c in self._conn.execute(
             "SELECT DISTINCT json_extract(x_shape, '$[1]'), json_extract(theta_shape, '$[#-1]'),"
             f" json_extract(y_shape, '$[1]') FROM measurements{where}", args)}
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run record, oldest first (config, versions, devices decoded)."""
-        out = []
-        for rid, started, host, pid, versions, config, devices in self._conn.execute(
-                "SELECT id, started, host, pid, versions, config, devices FROM runs ORDER BY id"):
-            out.append({"id": rid, "started": started, "host": host, "pid": pid,
-                        "versions": json.loads(versions), "config": json.loads(config),
-                        "devices": json.loads(devices)})
-        return out
+        return [{"id": rid, "started": started, "host": host, "pid": pid,
+                 "versions": json.loads(versions), "config": json.loads(config),
+                 "devices": json.loads(devices)}
+                for rid, started, host, pid, versions, config, devices in self._conn.execute(
+                    "SELECT id, started, host, pid, versions, config, devices FROM runs "
+                    "ORDER BY id")]
 
     def info(self) -> dict[str, Any]:
         """Per system: measurements, rows, bytes, first and last time; runs; the size of the
@@ -236,14 +194,12 @@ class StoreReader:
                     "LEFT JOIN measurements m ON m.run = r.id GROUP BY r.id ORDER BY r.id")]
         unrecorded = {s: {"requests": n, "rows": rows} for s, n, rows in c.execute(
             "SELECT system, requests, rows FROM unrecorded ORDER BY system")}
-        page = c.execute("PRAGMA page_size").fetchone()[0]
-        next_seq = c.execute("SELECT value FROM counters WHERE name = 'next_seq'").fetchone()[0]
-        database = page * c.execute("PRAGMA page_count").fetchone()[0]
-        blobs = c.execute("SELECT coalesce(sum(bytes), 0) FROM segments").fetchone()[0]
-        return {"path": str(self.path), "schema_version": schema.SCHEMA_VERSION,
-                "database_bytes": database, "blob_bytes": blobs,
-                "store_bytes": database + blobs,
-                "next_seq": next_seq, "systems": systems, "runs": runs,
+        db, blobs = c.execute(
+            "SELECT page_size * page_count, (SELECT coalesce(sum(bytes), 0) FROM segments) "
+            "FROM pragma_page_size, pragma_page_count").fetchone()
+        return {"path": str(self.path), "schema_version": latest(),
+                "database_bytes": db, "blob_bytes": blobs, "store_bytes": db + blobs,
+                "next_seq": counter(c, "next_seq"), "systems": systems, "runs": runs,
                 "unrecorded": unrecorded}
 
 

@@ -1,30 +1,17 @@
 """Segment files: the store's arrays, outside SQLite.
 
 Every recorded ``x`` and ``y``, and every distinct ``theta``, is written once into an
-append-only *segment* file in the directory ``<store>.labd-blobs/`` (``00000001.seg``,
-``00000002.seg``, ...: raw little-endian float32 bytes, no framing). SQLite holds only
-metadata and references ``(segment, offset, bytes)``. Compared with blobs in SQLite this saves
-three copies of every byte (binding, the WAL append, the checkpoint into the database file)
-and the CPU and GIL time they cost.
+append-only segment file of ``<store>.labd-blobs/`` (``00000001.seg``, ...: raw little-endian
+float32); SQLite rows refer to ``(segment, offset, bytes)`` and the ``segments`` table holds
+each file's committed size (``connection.transaction`` writes it with the rows).
 
-Contract:
-
-* One thread writes (``SegmentWriter``): the writer thread of the one process that holds the
-  store's ring lock (``labd.store.ring``), or whoever recovers or upgrades the store while
-  holding it. ``append(parts)`` writes the parts contiguously at the end of the newest segment
-  with one ``pwritev`` and returns ``(segment, offset)``; a segment is closed once it holds
-  ``limit`` bytes (a part set larger than that gets a segment of its own).
-* What SQLite has committed is the truth: the ``segments`` table holds each segment's committed
-  size, written in the same transaction as the rows that refer to it. Bytes appended after it
-  (a crash between the ``pwritev`` and the commit) are cut off when the store is next opened
-  (``SegmentWriter(..., end=committed size)``), and segment files SQLite does not know are
-  deleted: they were never referred to.
-* ``sync()`` makes appended bytes durable (``fdatasync``; for ``synchronous = "full"``, before
-  the transaction that refers to them commits).
-* Readers (``SegmentReader``) map segment files read-only and return arrays that share the
-  mapping (no copy). A segment is only ever appended to, so a mapping stays valid while the
-  store grows; pruning deletes whole segment files (``labd.store.writer``), and a mapping made
-  before stays readable (the file lives on until unmapped).
+* ``SegmentWriter`` (one thread): ``append(parts)`` writes the parts contiguously at the end of
+  the newest segment, returns ``(segment, offset)``, and starts a new segment once one holds
+  ``limit`` bytes. ``rollback(mark)`` cuts off what a failed transaction appended; ``sync()``
+  makes appended bytes durable (with ``fsync``).
+* ``SegmentReader`` maps files read-only; its arrays share the mapping, which stays valid as
+  the file grows and, on POSIX, after pruning deletes it (Windows keeps a mapped file: it goes
+  at the next opening of the store).
 """
 
 from __future__ import annotations
@@ -36,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-#: A segment is closed once it holds this many bytes (pruning with ``max_bytes`` uses smaller
-#: ones, see ``labd.store.writer``).
+from labd.store import files
+
 SEGMENT_BYTES = 64 * 1024 * 1024
 SUFFIX = ".seg"
 
@@ -53,20 +40,14 @@ def segment_path(directory: Path, segment: int) -> Path:
 
 def segment_files(directory: Path) -> dict[int, Path]:
     """The segment files present, by id."""
-    out = {}
-    if directory.is_dir():
-        for p in directory.iterdir():
-            if p.suffix == SUFFIX and p.stem.isdigit():
-                out[int(p.stem)] = p
-    return out
+    found = directory.iterdir() if directory.is_dir() else ()
+    return {int(p.stem): p for p in found if p.suffix == SUFFIX and p.stem.isdigit()}
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def delete(path: Path) -> None:
+    """Delete a segment file nothing refers to (if the OS lets us: see above)."""
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 class SegmentWriter:
@@ -80,17 +61,11 @@ class SegmentWriter:
         self.segment = segment
         path = segment_path(directory, segment)
         self._new_file = not path.exists()
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd = files.open_fd(path)
         if os.fstat(self._fd).st_size != end:
             os.ftruncate(self._fd, end)
         self.end = end
-        #: Segments appended to since the last ``committed``: id -> size.
-        self._sizes: dict[int, int] = {}
-        self._dirty = False
-
-    def mark(self) -> tuple[int, int]:
-        """The write position, for ``rollback``."""
-        return self.segment, self.end
+        self._sizes: dict[int, int] = {}  # appended to since ``committed``: id -> size
 
     def rollback(self, mark: tuple[int, int]) -> None:
         """Forget what was appended since ``mark`` (its transaction failed): cut the segment
@@ -99,11 +74,10 @@ class SegmentWriter:
         if self.segment != segment:
             os.close(self._fd)
             for s in range(segment + 1, self.segment + 1):
-                with contextlib.suppress(FileNotFoundError):
-                    segment_path(self.directory, s).unlink()
+                delete(segment_path(self.directory, s))
                 self._sizes.pop(s, None)
             self.segment = segment
-            self._fd = os.open(segment_path(self.directory, segment), os.O_RDWR, 0o644)
+            self._fd = files.open_fd(segment_path(self.directory, segment), create=False)
         os.ftruncate(self._fd, end)
         self.end = end
         if segment in self._sizes:
@@ -116,8 +90,7 @@ class SegmentWriter:
         self.sync()
         os.close(self._fd)
         self.segment += 1
-        self._fd = os.open(segment_path(self.directory, self.segment),
-                           os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._fd = files.open_fd(segment_path(self.directory, self.segment), truncate=True)
         self.end = 0
         self._sizes[self.segment] = 0
         self._new_file = True
@@ -128,23 +101,9 @@ class SegmentWriter:
         if self.end and self.end + total > self.limit:
             self.rotate()
         offset = self.end
-        written = os.pwritev(self._fd, parts, offset)
-        while written < total:  # a short write: go on after what was written
-            rest, skip = [], written
-            for p in parts:
-                n = memoryview(p).nbytes
-                if skip >= n:
-                    skip -= n
-                    continue
-                rest.append(memoryview(p).cast("B")[skip:])
-                skip = 0
-            got = os.pwritev(self._fd, rest, offset + written)
-            if got <= 0:
-                raise OSError(f"cannot write segment {self.segment}")
-            written += got
+        files.write_at(self._fd, parts, offset)
         self.end += total
         self._sizes[self.segment] = self.end
-        self._dirty = True
         return self.segment, offset
 
     def sizes(self) -> list[tuple[int, int]]:
@@ -156,16 +115,12 @@ class SegmentWriter:
         self._sizes.clear()
 
     def sync(self) -> None:
-        """``fdatasync`` what was appended (and the directory, for a new file), if
-        ``fsync``."""
-        if not self._fsync:
-            return
-        if self._dirty:
-            os.fdatasync(self._fd)
-            self._dirty = False
-        if self._new_file:
-            _fsync_dir(self.directory)
-            self._new_file = False
+        """Make what was appended durable (and a new file's directory entry), if ``fsync``."""
+        if self._fsync:
+            files.sync(self._fd)
+            if self._new_file:
+                files.sync_dir(self.directory)
+                self._new_file = False
 
     def close(self) -> None:
         self.sync()
@@ -197,18 +152,10 @@ class SegmentReader:
 
     def array(self, segment: int, offset: int, nbytes: int, shape: list[int]) -> np.ndarray:
         """The float32 array at ``offset`` (read-only, sharing the mapping)."""
-        if nbytes == 0:
-            a = np.zeros(shape, dtype="<f4")
-            a.flags.writeable = False
-            return a
+        if nbytes == 0:  # its file may not exist
+            return np.zeros(shape, dtype="<f4")
         m = self._map(segment, offset + nbytes)
         return np.frombuffer(m, dtype="<f4", count=nbytes // 4, offset=offset).reshape(shape)
-
-    def read(self, segment: int, offset: int, nbytes: int) -> bytes:
-        """A copy of the bytes at ``offset``."""
-        if nbytes == 0:
-            return b""
-        return self._map(segment, offset + nbytes)[offset:offset + nbytes]
 
     def close(self) -> None:
         """Drop the mappings (arrays handed out keep theirs alive)."""

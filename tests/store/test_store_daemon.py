@@ -1,6 +1,7 @@
 """The store behind a real daemon subprocess: exactly what the client sent and received is
 recorded, acknowledged measurements survive ``kill -9``, sequence numbers never repeat across
-restarts (unrecorded systems included), and ``labd data info|export`` read it back."""
+restarts (unrecorded systems included), and ``labd data info|export`` read it back. The
+crash and ordering tests run on the native and the portable file calls (``file_calls``)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ def request(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return x, rng.uniform(-1, 1, (rows, 8)).astype(np.float32)
 
 
+@pytest.mark.usefixtures("file_calls")
 def test_every_forward_recorded_exactly(tmp_path: Path, config: Path) -> None:
     store = tmp_path / "m.sqlite"
     rng = np.random.default_rng(1)
@@ -77,6 +79,7 @@ def test_every_forward_recorded_exactly(tmp_path: Path, config: Path) -> None:
         assert client.measure("quiet", *request(rng)).seq == ceiling
 
 
+@pytest.mark.usefixtures("file_calls")
 def test_kill_9_under_load(tmp_path: Path, config: Path) -> None:
     store = tmp_path / "m.sqlite"
     acked: list[tuple[str, int, np.ndarray, np.ndarray, np.ndarray]] = []
@@ -163,6 +166,7 @@ def test_data_info_and_export(tmp_path: Path, config: Path) -> None:
                 "--out", str(out)).returncode == 2
 
 
+@pytest.mark.usefixtures("file_calls")
 def test_a_retry_across_kill_9_is_answered_from_the_record(tmp_path):
     """The reply to a recorded measurement is lost with the daemon; the client retries the
     same id at the restarted daemon and gets the recorded measurement, not a second one."""

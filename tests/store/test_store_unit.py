@@ -1,5 +1,6 @@
 """The store in-process: round trip of arrays, group commit under concurrency, the sequence
-high-water mark, schema upgrades, pruning, and the reader's filters and streaming."""
+high-water mark, the layout and its upgrade mechanism, pruning, segment repair after a crash
+or power loss, and the reader's filters and streaming."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labd.daemon.recording import Measurement
-from labd.store import ring, schema
+from labd.store import database, ring, upgrades
 from labd.store.reader import StoreReader
 from labd.store.segments import blobs_dir, segment_files
-from labd.store.writer import Store, StoreError
+from labd.store.writer import Measurement, Store, StoreError
 
 RNG = np.random.default_rng(0)
 
@@ -35,10 +35,11 @@ def measurement(seq: int, rows: int = 2, system: str = "sys", client: str = "c1"
 
 def open_store(path: Path, **kw) -> Store:
     store = Store(path, **kw)
-    store.start_run({"systems": {}}, {"sys": {"name": "sys"}})
+    store.start_run({"systems": {}}, {"sys": {"name": "sys"}}, {"numpy": np.__version__})
     return store
 
 
+@pytest.mark.usefixtures("file_calls")
 def test_round_trip_and_filters(tmp_path: Path) -> None:
     path = tmp_path / "m.sqlite"
     store = open_store(path)
@@ -71,6 +72,7 @@ def test_round_trip_and_filters(tmp_path: Path) -> None:
         assert run["devices"] == {"sys": {"name": "sys"}} and "numpy" in run["versions"]
 
 
+@pytest.mark.usefixtures("file_calls")
 def test_concurrent_records_and_sequence_high_water(tmp_path: Path) -> None:
     path = tmp_path / "m.sqlite"
     store = open_store(path)
@@ -106,51 +108,68 @@ def test_duplicate_seq_is_refused(tmp_path: Path) -> None:
     store.close()
 
 
-V1_SCHEMA = """
-CREATE TABLE schema_version (version INTEGER NOT NULL);
-INSERT INTO schema_version VALUES (1);
-CREATE TABLE runs (id INTEGER PRIMARY KEY, started REAL NOT NULL, host TEXT NOT NULL,
-    pid INTEGER NOT NULL, versions TEXT NOT NULL, config TEXT NOT NULL, devices TEXT NOT NULL);
-CREATE TABLE measurements (id INTEGER PRIMARY KEY, run INTEGER NOT NULL REFERENCES runs(id),
-    system TEXT NOT NULL, seq INTEGER NOT NULL, rows INTEGER NOT NULL, client TEXT NOT NULL,
-    request_id TEXT NOT NULL, received REAL NOT NULL, done REAL NOT NULL,
-    elapsed_s REAL NOT NULL, x_shape TEXT NOT NULL, theta_shape TEXT NOT NULL,
-    y_shape TEXT NOT NULL, x BLOB NOT NULL, theta BLOB NOT NULL, y BLOB NOT NULL);
-CREATE UNIQUE INDEX measurements_seq ON measurements(seq);
-CREATE INDEX measurements_system_received ON measurements(system, received);
-CREATE INDEX measurements_received ON measurements(received);
-CREATE INDEX measurements_run ON measurements(run);
-INSERT INTO runs VALUES (1, 0.0, 'h', 1, '{}', '{}', '{}');
-"""
-
-
-def test_upgrade_from_version_1(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite"
+def test_layout_version_and_foreign_files(tmp_path: Path) -> None:
+    """A new store has the initial layout at the latest version; a file of a newer labd and an
+    SQLite file of another program are refused with a message, untouched."""
+    path = tmp_path / "m.sqlite"
+    open_store(path).close()
     conn = sqlite3.connect(path)
-    conn.executescript(V1_SCHEMA)
-    x = np.arange(6, dtype="<f4").reshape(2, 3)
-    conn.execute("INSERT INTO measurements VALUES (1, 1, 'sys', 40, 2, 'c', 'r', 1.0, 2.0, 0.1, "
-                 "'[2, 3]', '[3]', '[2, 3]', ?, ?, ?)", (x.tobytes(), x[0].tobytes(),
-                                                          x.tobytes()))
+    assert database.version(conn) == database.latest() == 1 + len(upgrades.STEPS)
+    conn.execute("PRAGMA user_version = 99")
     conn.commit()
     conn.close()
-    with pytest.raises(schema.SchemaError, match="version 1"):
-        StoreReader(path)
-    store = Store(path)
-    assert store.next_seq() == 42
-    store.close()
-    with StoreReader(path) as reader:
-        (rec,) = reader.records()
-        np.testing.assert_array_equal(rec.x, x)
-        assert reader.info()["next_seq"] == 42
-    conn = sqlite3.connect(path)
-    assert schema.version(conn) == schema.SCHEMA_VERSION
-    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    conn.execute("UPDATE schema_version SET version = 99")
-    conn.commit()
-    conn.close()
-    with pytest.raises(schema.SchemaError, match="newer"):
+    with pytest.raises(database.SchemaError, match="newer"):
         Store(path)
+    with pytest.raises(database.SchemaError, match="version 99"):
+        StoreReader(path)
+    other = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(database.SchemaError, match="not a labd measurement store"):
+        Store(other)
+
+
+def test_upgrade_steps_run_in_order_each_in_one_transaction(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The mechanism the first upgrade step will use: a version 1 file gets steps 2 and 3; a
+    step that fails leaves the file at the version before it, without its changes."""
+    def add_notes(conn: sqlite3.Connection) -> None:
+        conn.execute("ALTER TABLE runs ADD COLUMN notes TEXT")
+
+    def fail(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE half (x)")
+        raise RuntimeError("step failed")
+
+    conn = sqlite3.connect(tmp_path / "m.sqlite", isolation_level=None)
+    assert database.prepare(conn) == 0 and database.version(conn) == 1
+    monkeypatch.setattr(upgrades, "STEPS", {2: add_notes, 3: fail})
+    with pytest.raises(RuntimeError):
+        database.prepare(conn)
+    assert database.version(conn) == 2
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert "half" not in tables
+    monkeypatch.setattr(upgrades, "STEPS", {2: add_notes, 3: lambda c: None})
+    assert database.prepare(conn) == 2
+    assert database.version(conn) == 3
+    assert "notes" in {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+
+
+def test_upgrade_steps_are_found_one_module_each(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "labd_test_steps"
+    package.mkdir()
+    for name in ("__init__", "helpers", "v2", "v3"):
+        (package / f"{name}.py").write_text("def upgrade(conn):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    steps = upgrades.find_steps([str(package)], "labd_test_steps")
+    assert sorted(steps) == [2, 3]
+    (package / "v5.py").write_text("def upgrade(conn):\n    pass\n")
+    with pytest.raises(ImportError, match="gap"):
+        upgrades.find_steps([str(package)], "labd_test_steps")
+    assert upgrades.STEPS == {}  # none published yet: every store has the initial layout
 
 
 def test_prune_by_age(tmp_path: Path) -> None:
@@ -174,6 +193,7 @@ def test_prune_by_age(tmp_path: Path) -> None:
     assert Store(path).next_seq() == 14
 
 
+@pytest.mark.usefixtures("file_calls")
 def test_prune_by_size(tmp_path: Path) -> None:
     path = tmp_path / "m.sqlite"
     store = open_store(path)
@@ -249,45 +269,6 @@ def test_repeated_theta_is_stored_once(tmp_path: Path) -> None:
 
 
 
-def test_upgrade_from_version_2_reads_back_identically(tmp_path: Path) -> None:
-    path = tmp_path / "v2.sqlite"
-    conn = sqlite3.connect(path, isolation_level=None)
-    for step in (0, 1):  # the published steps wrote version 2 files
-        schema.STEPS[step](conn)
-    conn.execute("UPDATE schema_version SET version = 2")
-    conn.execute("INSERT INTO runs VALUES (1, 0.0, 'h', 1, '{}', '{}', '{}')")
-    thetas = [RNG.standard_normal(4).astype(np.float32) for _ in range(2)]
-    sent = []
-    for k, t in enumerate([thetas[0], thetas[0], thetas[1], thetas[0].reshape(1, 4)]):
-        x = RNG.standard_normal((2, 3)).astype(np.float32)
-        y = RNG.standard_normal((2, 5)).astype(np.float32)
-        conn.execute("INSERT INTO measurements VALUES (?, 1, 'sys', ?, 2, 'c', ?, ?, ?, 0.1, "
-                     "?, ?, '[2, 5]', ?, ?, ?)",
-                     (k + 1, 2 * k, f"r{k}", float(k), k + 0.5, "[2, 3]",
-                      str(list(t.shape)), x.tobytes(), t.tobytes(), y.tobytes()))
-        sent.append((x, t, y))
-    conn.execute("UPDATE counters SET value = 8 WHERE name = 'next_seq'")
-    conn.close()
-    store = Store(path)
-    assert store.next_seq() == 8
-    store.close()
-    with StoreReader(path) as reader:
-        recs = list(reader.records())
-        assert [(r.id, r.seq, r.request_id, r.received) for r in recs] == [
-            (k + 1, 2 * k, f"r{k}", float(k)) for k in range(4)]
-        for r, (x, t, y) in zip(recs, sent, strict=True):
-            np.testing.assert_array_equal(r.x, x)
-            assert r.theta.shape == t.shape
-            np.testing.assert_array_equal(r.theta, t)
-            np.testing.assert_array_equal(r.y, y)
-        assert reader.count() == (4, 8, sum(a.nbytes + b.nbytes + c.nbytes for a, b, c in sent))
-    assert thetas_stored(path) == 2
-    conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert schema.version(conn) == schema.SCHEMA_VERSION
-    conn.close()
-
-
 def test_pruning_keeps_shared_thetas_and_drops_orphans(tmp_path: Path) -> None:
     path = tmp_path / "m.sqlite"
     store = open_store(path)
@@ -323,6 +304,7 @@ def test_pruning_keeps_shared_thetas_and_drops_orphans(tmp_path: Path) -> None:
     assert thetas_stored(path) == 0
 
 
+@pytest.mark.usefixtures("file_calls")
 def test_synchronous_full_and_a_record_larger_than_the_ring(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch
                                                             ) -> None:
@@ -347,6 +329,7 @@ def test_synchronous_full_and_a_record_larger_than_the_ring(tmp_path: Path,
         np.testing.assert_array_equal(r.y, m.y)
 
 
+@pytest.mark.usefixtures("file_calls")
 def test_uncommitted_segment_bytes_are_cut_off(tmp_path: Path) -> None:
     """Bytes a writer appended to a segment without committing the rows (a crash in between)
     and segment files SQLite does not know are removed when the store is opened."""
@@ -374,6 +357,7 @@ def test_uncommitted_segment_bytes_are_cut_off(tmp_path: Path) -> None:
     np.testing.assert_array_equal(recs[1].y, sent[1].y)
 
 
+@pytest.mark.usefixtures("file_calls")
 def test_rows_whose_arrays_a_power_loss_took_are_dropped(tmp_path: Path,
                                                           caplog: pytest.LogCaptureFixture
                                                           ) -> None:

@@ -1,0 +1,88 @@
+"""The store's file calls, the same on every platform where they can be.
+
+Positioned writes and reads are ``lseek`` with ``write``/``read`` (each descriptor is used by one
+thread at a time); ``write_at`` returns once every byte is in the OS page cache, which
+outlives the process. Where Windows lacks a call, ``PORTABLE`` (true on Windows;
+``LABD_STORE_PORTABLE=1`` forces it, as the tests do on Linux) does without: ``fsync`` for
+``fdatasync``, no directory sync (NTFS journals its metadata), pages touched instead of
+``madvise``. ``lock`` is released by the OS however the process dies (``flock``;
+``msvcrt.locking`` on Windows) and raises ``Busy`` while another process holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+PORTABLE = os.name == "nt" or os.environ.get("LABD_STORE_PORTABLE") == "1"
+MADV_POPULATE_WRITE = 23  # Linux 5.14
+
+
+class Busy(Exception):
+    """Another live process holds the lock."""
+
+
+def open_fd(path: Path, truncate: bool = False, create: bool = True) -> int:
+    """Open read-write, in binary mode (Windows translates newlines otherwise)."""
+    flags = os.O_RDWR | getattr(os, "O_BINARY", 0)
+    return os.open(path, flags | (os.O_CREAT if create else 0) | (os.O_TRUNC if truncate else 0),
+                   0o644)
+
+
+def lock(fd: int, path: Path) -> None:
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise Busy(f"{path} is locked by another process writing this store") from None
+
+
+def write_at(fd: int, parts: Sequence[bytes | memoryview], offset: int) -> None:
+    """Write ``parts`` contiguously at ``offset``."""
+    os.lseek(fd, offset, os.SEEK_SET)
+    for part in parts:
+        view = memoryview(part).cast("B")
+        while view.nbytes:  # a short write goes on after what was written
+            view = view[os.write(fd, view):]
+
+
+def read_at(fd: int, n: int, offset: int) -> bytes:
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, n)
+
+
+def sync(fd: int) -> None:
+    """Make the file's written bytes durable."""
+    (os.fsync if PORTABLE or not hasattr(os, "fdatasync") else os.fdatasync)(fd)
+
+
+def sync_dir(directory: Path) -> None:
+    """Make a directory's new entries durable (not on the portable path)."""
+    if not PORTABLE:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def populate(m: mmap.mmap, start: int) -> None:
+    """Fault in the pages of ``m`` from ``start`` on for writing (a first write to a page of a
+    shared mapping costs a page fault, ~1 us a 4 KiB page)."""
+    if not PORTABLE and sys.platform == "linux":
+        with contextlib.suppress(OSError, ValueError):
+            m.madvise(MADV_POPULATE_WRITE, start, len(m) - start)
+            return
+    for page in range(start, len(m), mmap.PAGESIZE):
+        m[page] = m[page]
