@@ -88,9 +88,8 @@ def version(conn: sqlite3.Connection) -> int:
     """The file's layout version (0 for an empty file)."""
     if conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID:
         return int(conn.execute("PRAGMA user_version").fetchone()[0])
-    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-    if tables:
-        raise SchemaError(f"not a labd measurement store (tables {sorted(tables)})")
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'").fetchone():
+        raise SchemaError("not a labd measurement store (another program's SQLite file)")
     return 0
 
 
@@ -112,7 +111,6 @@ def prepare(conn: sqlite3.Connection) -> int:
 
 
 def connect(path: Path, synchronous: Synchronous = "normal") -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")

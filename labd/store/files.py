@@ -1,12 +1,11 @@
 """The store's file calls, the same on every platform where they can be.
 
-Positioned writes and reads are ``lseek`` with ``write``/``read`` (each descriptor is used by one
-thread at a time); ``write_at`` returns once every byte is in the OS page cache, which
-outlives the process. Where Windows lacks a call, ``PORTABLE`` (true on Windows;
-``LABD_STORE_PORTABLE=1`` forces it, as the tests do on Linux) does without: ``fsync`` for
-``fdatasync``, no directory sync (NTFS journals its metadata), pages touched instead of
-``madvise``. ``lock`` is released by the OS however the process dies (``flock``;
-``msvcrt.locking`` on Windows) and raises ``Busy`` while another process holds it.
+Positioned I/O is ``lseek`` with ``write``/``read`` (one thread per descriptor at a time);
+``write_at`` returns once every byte is in the OS page cache, which outlives the process.
+``PORTABLE`` (Windows; ``LABD_STORE_PORTABLE=1`` forces it, as the tests do on Linux) does
+without what Windows lacks: ``fsync`` for ``fdatasync``, no directory sync (NTFS journals its
+metadata), pages touched for ``madvise``. ``lock`` (``flock``; ``msvcrt.locking`` on Windows)
+is released by the OS however the process dies; ``Busy`` while another process holds it.
 """
 
 from __future__ import annotations
@@ -23,14 +22,13 @@ MADV_POPULATE_WRITE = 23  # Linux 5.14
 
 
 class Busy(Exception):
-    """Another live process holds the lock."""
+    pass
 
 
-def open_fd(path: Path, truncate: bool = False, create: bool = True) -> int:
-    """Open read-write, in binary mode (Windows translates newlines otherwise)."""
-    flags = os.O_RDWR | getattr(os, "O_BINARY", 0)
-    return os.open(path, flags | (os.O_CREAT if create else 0) | (os.O_TRUNC if truncate else 0),
-                   0o644)
+def open_fd(path: Path, truncate: bool = False) -> int:
+    """Open read-write, created if missing, in binary mode (Windows translates newlines)."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0)
+    return os.open(path, flags | (os.O_TRUNC if truncate else 0), 0o644)
 
 
 def lock(fd: int, path: Path) -> None:
@@ -78,8 +76,7 @@ def sync_dir(directory: Path) -> None:
 
 
 def populate(m: mmap.mmap, start: int) -> None:
-    """Fault in the pages of ``m`` from ``start`` on for writing (a first write to a page of a
-    shared mapping costs a page fault, ~1 us a 4 KiB page)."""
+    """Fault in the pages of ``m`` from ``start`` on for writing (copies then take no fault)."""
     if not PORTABLE and sys.platform == "linux":
         with contextlib.suppress(OSError, ValueError):
             m.madvise(MADV_POPULATE_WRITE, start, len(m) - start)

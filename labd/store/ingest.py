@@ -42,8 +42,7 @@ def _theta_id(conn: sqlite3.Connection, meta: dict[str, Any], theta: memoryview)
 
 
 def _insert(conn: sqlite3.Connection, segments: SegmentWriter, entry: Entry) -> None:
-    """Insert a measurement's row, its arrays appended to the newest segment (a new theta
-    between ``x`` and ``y``)."""
+    """Insert a measurement's row, its arrays appended to the newest segment."""
     meta, x, theta, y, _ = entry
     nx, nt, ny = len(x), len(theta), len(y)
     if (tid := _theta_id(conn, meta, theta)) is None:
@@ -78,8 +77,7 @@ def ingest(conn: sqlite3.Connection, segments: SegmentWriter, group: list[Entry]
 
 def replay(conn: sqlite3.Connection, segments: SegmentWriter, entries: Iterable[Entry],
            start: int) -> tuple[int, int]:
-    """Ingest ``entries`` (ring records from position ``start`` on) in groups of at most
-    ``MAX_GROUP`` records and ``MAX_GROUP_BYTES`` of arrays; return (records ingested, ring
+    """Ingest ring records from position ``start`` on, in groups; return (how many, the ring
     position after the last)."""
     group: list[Entry] = []
     size = done = 0

@@ -64,8 +64,7 @@ class Pruner:
             time.time() - self.max_age_days * 86400.0,)).rowcount
 
     def _delete_by_size(self) -> int:
-        """Delete the oldest measurements until the store fits ``max_bytes`` (estimated: a
-        theta counts as freed with the first measurement that refers to it)."""
+        """Delete the oldest measurements until the store fits (a shared theta counts once)."""
         if (excess := self.used_bytes() - self.max_bytes if self.max_bytes else 0) <= 0:
             return 0
         freed, cutoff, seen = 0, None, set()

@@ -49,18 +49,13 @@ class Record:
 
     def theta_rows(self) -> np.ndarray:
         """theta as [rows, param_dim] (a broadcast view when it was sent as [param_dim])."""
-        if self.theta.ndim == 1:
-            return np.broadcast_to(self.theta, (self.rows, self.theta.shape[0]))
-        return self.theta
-
-
-Time = float | datetime | None
+        return np.broadcast_to(self.theta, (self.rows, self.theta.shape[-1]))
 
 
 class Filters(TypedDict, total=False):
     system: str | None
-    since: Time
-    until: Time
+    since: float | datetime | None
+    until: float | datetime | None
     run: int | None
     client: str | None
 
@@ -177,9 +172,7 @@ class StoreReader:
                     "ORDER BY id")]
 
     def info(self) -> dict[str, Any]:
-        """Per system: measurements, rows, bytes, first and last time; runs; the size of the
-        database file, of the segments (``blob_bytes``) and both (``store_bytes``); systems
-        served without recording; the next sequence number."""
+        """Counts and sizes per system and run, unrecorded systems, the next number."""
         c = self._conn
         systems = {}
         for system, n, rows, size, first, last in c.execute(

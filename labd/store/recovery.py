@@ -1,11 +1,11 @@
 """Recovery: making a store whole again after its writer died.
 
-* ``open_segments`` makes the segment files match what SQLite committed: unknown files deleted,
-  bytes past a committed size cut off; a file shorter than committed (power loss, an OS crash)
-  loses the rows that refer past its end, with an error in the log.
-* ``recover`` ingests the ring records the database lacks (exactly once), then with ``reset``
-  starts an empty ring; ``recover_path`` does it for a reader when no process holds the ring's
-  lock, as SQLite replays a hot journal.
+``open_segments`` makes the segment files match what SQLite committed: unknown files deleted,
+bytes past a committed size cut off; a file shorter than committed (power loss, an OS crash)
+loses the rows that refer past its end, with an error in the log. ``open_recovered`` opens a
+store for writing and first ingests what the ring holds beyond the database, exactly once;
+``recover_path`` does that for a reader when no process writes the store, as SQLite replays a
+hot journal.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from labd.store import files
 from labd.store import segments as seg
-from labd.store.database import connect, connect_readonly, counter, transaction
+from labd.store.database import Synchronous, connect, counter, transaction
 from labd.store.ingest import replay
 from labd.store.ring import Ring, ring_path
 
@@ -55,37 +55,31 @@ def open_segments(conn: sqlite3.Connection, path: Path, limit: int = seg.SEGMENT
     return seg.SegmentWriter(directory, newest, known.get(newest, 0), limit, fsync)
 
 
-def recover(conn: sqlite3.Connection, ring: Ring, segments: seg.SegmentWriter,
-            fsync: bool = False, reset: bool = True) -> int:
-    start = counter(conn, "ring_position")
-    done, position = replay(conn, segments, ring.entries(start), start)
-    if reset:
-        ring.grow(position, fsync=fsync)
-    if done:
-        log.warning("store: recovered %d entries from the journal of a writer that died", done)
-    return done
+def open_recovered(path: Path, synchronous: Synchronous = "normal", limit: int = seg.SEGMENT_BYTES,
+                   fsync: bool = False, reset: bool = True
+                   ) -> tuple[Ring, sqlite3.Connection, seg.SegmentWriter]:
+    """The store's ring (locked: ``files.Busy``), database and newest segment, what the ring
+    held beyond the database ingested; with ``reset`` an empty ring follows."""
+    with contextlib.ExitStack() as undo:
+        ring = Ring(ring_path(path))
+        undo.callback(ring.close)
+        conn = connect(path, synchronous)
+        undo.callback(conn.close)
+        segments = open_segments(conn, path, limit, fsync)
+        undo.callback(segments.close)
+        start = counter(conn, "ring_position")
+        done, position = replay(conn, segments, ring.entries(start), start)
+        if done:
+            log.warning("store: recovered %d records of a writer that died", done)
+        if reset:
+            ring.grow(position, fsync=fsync)
+        undo.pop_all()
+    return ring, conn, segments
 
 
-def _unreplayed(path: Path, ring: Ring) -> bool:
-    if not (path.exists() and ring.size):
-        return False
-    with contextlib.closing(connect_readonly(path)) as conn:
-        position = counter(conn, "ring_position")
-    return next(ring.entries(position), None) is not None
-
-
-def recover_path(path: Path) -> int:
-    if not ring_path(path).exists():
-        return 0
-    with contextlib.ExitStack() as stack:
-        try:
-            ring = Ring(ring_path(path))
-        except files.Busy:
-            return 0  # a live writer ingests it
-        stack.callback(ring.close)
-        if not _unreplayed(path, ring):
-            return 0
-        conn = stack.enter_context(contextlib.closing(connect(path)))
-        segments = open_segments(conn, path)
-        stack.callback(segments.close)
-        return recover(conn, ring, segments, reset=False)
+def recover_path(path: Path) -> None:
+    """``open_recovered`` for a reader, unless a live process writes the store."""
+    if ring_path(path).exists():
+        with contextlib.suppress(files.Busy, PermissionError):
+            for opened in open_recovered(path, reset=False):
+                opened.close()

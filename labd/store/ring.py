@@ -1,25 +1,22 @@
 """The store's journal ring: where a measurement becomes crash-safe, with one ``memcpy``.
 
 ``Store.record`` copies each measurement into this file through a shared mapping, i.e. into
-the OS page cache, which survives the death of the process (``kill -9`` too) but not power loss
-or an OS crash (``fsync=True`` flushes each record to the disk). The writer thread ingests
-the records; the next opening after a crash ingests what a dead process left.
-
-Layout: a 4096-byte header (``b"LABDRNG1"``, u64 *size* S, u64 *base*), then S bytes. A
-record at logical position L (only growing) lies at data offset ``(L - base) % S``, never
-across the end: it then starts at the next lap, after a skip mark if a head fits::
+the OS page cache, which outlives the process (``kill -9`` too) but not power loss or an OS
+crash (``fsync=True`` flushes each record). The writer thread, or the next opening after a
+crash, ingests the records. Layout: a 4096-byte header (``b"LABDRNG1"``, u64 *size* S, u64
+*base*), then S bytes; a record at logical position L (only growing) lies at data offset
+``(L - base) % S``, never across the end (it starts the next lap, after a skip mark)::
 
     b"LRR1", u64 L, u32 meta bytes, u64 x, theta, y bytes     (head)
     meta (UTF-8 JSON object), x, theta, y                      (raw float32)
     b"LRE1", u64 L, u64 record length                          (commit mark)
     b"LRS1", u64 L, u32 0, u64 0, 0, 0                         (skip mark)
 
-The commit mark is copied last: a record cut short by a crash (its reply never left) and
-anything of an earlier lap (its marks name another L) are ignored. ``append`` refuses
-(``RingFull``) to overwrite what is not ingested; the database commits the ingested position
-with the rows, so replay is exactly once. ``grow`` starts an empty, larger ring at the
-current position, only when everything is ingested. ``Ring(path)`` locks the file (one
-writing process; ``files.Busy``).
+The commit mark is copied last: a record cut short by a crash (its reply never left), or left
+of an earlier lap (its marks name another L), is ignored. ``append`` refuses (``RingFull``) to
+overwrite what is not ingested, and the database commits the ingested position with the rows:
+replay is exactly once. ``grow`` starts an empty, larger ring at the current position once all
+is ingested. ``Ring(path)`` locks the file (one writing process; ``files.Busy``).
 """
 
 from __future__ import annotations
@@ -86,9 +83,8 @@ class Ring:
         self.end = self.base
 
     def grow(self, position: int, need: int = 0, fsync: bool = False) -> None:
-        """Start an empty ring at logical ``position``, its data area at least ``RING_BYTES``
-        and twice ``need`` bytes: only when everything before ``position`` is ingested
-        (nothing is left to replay). The pages are faulted in at once (``files.populate``)."""
+        """Start an empty ring at ``position`` (all before it ingested), of at least
+        ``RING_BYTES`` and twice ``need`` bytes, its pages faulted in at once."""
         size = max(RING_BYTES, self.size)
         while size < 2 * need:
             size *= 2
@@ -110,9 +106,8 @@ class Ring:
 
     def append(self, body: bytes, x: memoryview, theta: memoryview, y: memoryview,
                ingested: int, fsync: bool = False) -> int:
-        """Copy one record (``body``: its metadata, a UTF-8 JSON object) at the write
-        position; return the position after it. Raises ``RingFull`` when it would overwrite
-        records after ``ingested`` (nothing written)."""
+        """Copy one record (``body``: its JSON metadata); return the position after it.
+        ``RingFull`` (nothing written) if it would overwrite records after ``ingested``."""
         nx, nt, ny = x.nbytes, theta.nbytes, y.nbytes
         length = HEAD.size + len(body) + nx + nt + ny + TRAILER.size
         at = self.end
@@ -125,24 +120,17 @@ class Ring:
         if start != at and room >= HEAD.size:
             m[self._at(at):self._at(at) + HEAD.size] = HEAD.pack(SKIP_MAGIC, at, 0, 0, 0, 0)
         p = self._at(start)
-        m[p:p + HEAD.size] = HEAD.pack(HEAD_MAGIC, start, len(body), nx, nt, ny)
-        p += HEAD.size
-        m[p:p + len(body)] = body
-        p += len(body)
-        for part in (x, theta, y):
-            n = part.nbytes
-            if n:
-                m[p:p + n] = part
-                p += n
-        m[p:p + TRAILER.size] = TRAILER.pack(TRAILER_MAGIC, start, length)
+        for part in (HEAD.pack(HEAD_MAGIC, start, len(body), nx, nt, ny), body, x, theta, y,
+                     TRAILER.pack(TRAILER_MAGIC, start, length)):  # the commit mark last
+            m[p:p + len(part)] = part
+            p += len(part)
         if fsync:
             m.flush()  # the dirty pages only
         self.end = start + length
         return self.end
 
     def entries(self, start: int, stop: float = math.inf) -> Iterator[Entry]:
-        """The complete records from logical position ``start`` on, up to ``stop`` or a torn
-        or stale record."""
+        """The complete records from ``start`` on, up to ``stop`` or a torn or stale one."""
         m = self._map
         at = start
         while m is not None and at < stop:

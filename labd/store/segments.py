@@ -1,17 +1,12 @@
 """Segment files: the store's arrays, outside SQLite.
 
 Every recorded ``x`` and ``y``, and every distinct ``theta``, is written once into an
-append-only segment file of ``<store>.labd-blobs/`` (``00000001.seg``, ...: raw little-endian
-float32); SQLite rows refer to ``(segment, offset, bytes)`` and the ``segments`` table holds
-each file's committed size (``connection.transaction`` writes it with the rows).
-
-* ``SegmentWriter`` (one thread): ``append(parts)`` writes the parts contiguously at the end of
-  the newest segment, returns ``(segment, offset)``, and starts a new segment once one holds
-  ``limit`` bytes. ``rollback(mark)`` cuts off what a failed transaction appended; ``sync()``
-  makes appended bytes durable (with ``fsync``).
-* ``SegmentReader`` maps files read-only; its arrays share the mapping, which stays valid as
-  the file grows and, on POSIX, after pruning deletes it (Windows keeps a mapped file: it goes
-  at the next opening of the store).
+append-only file of ``<store>.labd-blobs/`` (``00000001.seg``, ...: raw little-endian float32);
+rows refer to ``(segment, offset, bytes)``, and the ``segments`` table holds each file's
+committed size. ``SegmentWriter`` (one thread) appends contiguously to the newest segment and
+starts another once one holds ``limit`` bytes; ``rollback`` cuts off what a failed transaction
+appended. ``SegmentReader``'s arrays share read-only mappings, valid while the file grows and,
+on POSIX, after pruning deletes it (Windows keeps a mapped file until the store next opens).
 """
 
 from __future__ import annotations
@@ -52,8 +47,7 @@ def delete(path: Path) -> None:
 
 class SegmentWriter:
     def __init__(self, directory: Path, segment: int, end: int, limit: int = SEGMENT_BYTES,
-                 fsync: bool = False) -> None:
-        """Append to segment ``segment`` from byte ``end`` on (the file is cut there)."""
+                 fsync: bool = False) -> None:  # appends to ``segment`` from byte ``end`` on
         self.directory = directory
         self.limit = limit
         self._fsync = fsync
@@ -68,8 +62,7 @@ class SegmentWriter:
         self._sizes: dict[int, int] = {}  # appended to since ``committed``: id -> size
 
     def rollback(self, mark: tuple[int, int]) -> None:
-        """Forget what was appended since ``mark`` (its transaction failed): cut the segment
-        back, delete segments begun since."""
+        """Cut off what was appended since ``mark`` (segments begun since are deleted)."""
         segment, end = mark
         if self.segment != segment:
             os.close(self._fd)
@@ -77,7 +70,7 @@ class SegmentWriter:
                 delete(segment_path(self.directory, s))
                 self._sizes.pop(s, None)
             self.segment = segment
-            self._fd = files.open_fd(segment_path(self.directory, segment), create=False)
+            self._fd = files.open_fd(segment_path(self.directory, segment))
         os.ftruncate(self._fd, end)
         self.end = end
         if segment in self._sizes:

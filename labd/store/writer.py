@@ -1,22 +1,19 @@
 """The store's writer: ``Store`` records every measurement crash-safe, off the serving path.
 
-``record(m)`` returns once ``m`` is in the journal ring (``ring``), before any SQLite work: a
-caller that replies after it returns never loses a measurement whose reply left, however its
-process dies (``kill -9`` too). A writer thread ingests the ring (``ingest``); the next opening
-after a crash ingests the rest, exactly once (``recovery``). With ``synchronous = "normal"``
-power loss or an OS crash may lose the last measurements; ``"full"`` syncs every record.
+``record(m)`` returns once ``m`` is in the journal ring (``ring``), before any SQLite work, so
+a caller that replies after it returns never loses a measurement whose reply left, however its
+process dies. A writer thread ingests the ring (``ingest``); the next opening after a crash
+ingests the rest (``recovery``). ``synchronous = "normal"``: power loss or an OS crash may lose
+the last measurements; ``"full"`` syncs every record and commit. One process writes a store
+(``StoreError``); ``next_seq()`` is the first number never recorded nor reserved.
 
-* ``Store(path, ...)``: files ``<path>`` (SQLite), ``<path>.labd-blobs/``, ``<path>.labd-ring``,
-  one writing process (``StoreError``). ``next_seq()``: the first number never recorded nor
-  reserved, across restarts and pruning.
-* ``record(m)`` (any thread, after ``start_run``): ``StoreError`` if the ring cannot be written,
-  the store is closed or ``m``'s numbers were taken; waits while the ring is full. A theta
-  equal to one of the last ``THETA_CACHE`` of its system is recorded as a reference. Readers
-  see a measurement up to ``INGEST_LINGER_S`` after its reply; a failed commit is retried.
-* ``reserve(system, seq, rows)``: numbers taken by a measurement not recorded.
-* Pruning runs at start and every ``prune_interval_s`` at a *fence*: ``record``'s thetas are
-  forgotten and the ring position noted under the lock that orders the ring; the writer prunes
-  once it has ingested exactly that far, so no reference to a pruned theta is left to ingest.
+``record`` (any thread, after ``start_run``) raises ``StoreError`` if the ring cannot be
+written, the store is closed or the numbers were taken, and waits while the ring is full. A
+theta equal to one of the last ``THETA_CACHE`` of its system is recorded as a reference.
+Readers see a measurement ``INGEST_LINGER_S`` after its reply at most; failed commits retry.
+Pruning runs at start and every ``prune_interval_s`` at a *fence*: ``record``'s thetas are
+forgotten and the ring position noted under the lock that orders the ring; the writer prunes
+once it has ingested exactly that far, so no reference to a pruned theta is left to ingest.
 """
 
 from __future__ import annotations
@@ -40,11 +37,11 @@ import numpy as np
 
 from labd.store import files
 from labd.store import segments as seg
-from labd.store.database import StoreError, Synchronous, connect, counter
+from labd.store.database import StoreError, Synchronous, counter
 from labd.store.ingest import replay
 from labd.store.pruning import Pruner
-from labd.store.recovery import open_segments, recover
-from labd.store.ring import Ring, RingFull, ring_path
+from labd.store.recovery import open_recovered
+from labd.store.ring import RingFull
 
 log = logging.getLogger("labd.store")
 
@@ -118,19 +115,11 @@ class Store:
         self._fsync = synchronous == "full"
         limit = max(MIN_SEGMENT_BYTES, max_bytes // 16) if max_bytes else seg.SEGMENT_BYTES
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.ExitStack() as undo:
-            try:
-                self._ring = Ring(ring_path(self.path))
-            except files.Busy as exc:
-                raise StoreError(str(exc)) from None
-            undo.callback(self._ring.close)
-            self._conn = connect(self.path, synchronous)
-            undo.callback(self._conn.close)
-            self._segments = open_segments(self._conn, self.path,
-                                           min(limit, seg.SEGMENT_BYTES), self._fsync)
-            undo.callback(self._segments.close)
-            recover(self._conn, self._ring, self._segments, self._fsync)
-            undo.pop_all()
+        try:
+            self._ring, self._conn, self._segments = open_recovered(
+                self.path, synchronous, min(limit, seg.SEGMENT_BYTES), self._fsync)
+        except files.Busy as exc:
+            raise StoreError(str(exc)) from None
         self._pruner = Pruner(self._conn, self._segments, max_bytes, max_age_days)
         self._next_seq = counter(self._conn, "next_seq")
         self._claims = _Claims(self._next_seq)
@@ -140,8 +129,7 @@ class Store:
         self._progress = threading.Condition(self._lock)
         self._ingested = self._ring.end  # ring position up to which SQLite has it
         self._fence_at: int | None = None  # ring position at which to prune
-        #: Per system, recent distinct thetas, newest first: (bytes, seq that carried them).
-        self._thetas: dict[str, list[tuple[bytes, int]]] = {}
+        self._thetas: dict[str, list[tuple[bytes, int]]] = {}  # recent: (bytes, carrier seq)
         self._closed = False
         self._run: int | None = None
         self._thread = threading.Thread(target=self._write_loop, name="labd-store", daemon=True)
@@ -151,10 +139,7 @@ class Store:
 
     def start_run(self, config: dict[str, Any], devices: dict[str, Any],
                   versions: dict[str, str]) -> None:
-        """Store the run record (configuration, device descriptions, software versions) and
-        start the writer thread."""
-        if self._run is not None:
-            raise StoreError("start_run was already called on this store")
+        """Store the run record and start the writer thread."""
         versions = {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
                     **versions}
         self._run = self._conn.execute(
@@ -204,8 +189,7 @@ class Store:
     def _submit(self, system: str, seq: int, rows: int, meta: str,
                 arrays: tuple[memoryview, memoryview, memoryview], compare: bool = False
                 ) -> None:
-        """Copy the record of ``meta`` (JSON text without its closing brace) and ``arrays``
-        into the ring; wake the writer if it was idle or enough waits."""
+        """Copy the record (``meta``: JSON text without its closing brace) into the ring."""
         with self._lock:
             if self._run is None or self._closed:
                 raise StoreError("the store is not running (start_run, close)")
@@ -256,13 +240,11 @@ class Store:
             self._work.notify()
 
     def _next_batch(self, timeout: float) -> tuple[int, int] | None:
-        """Wait up to ``timeout`` for records and ``INGEST_LINGER_S`` more (fewer, larger
-        commits); return the ring range to ingest, None once closed and done."""
-        def due() -> bool:
-            return self._closed or self._fence_at is not None or self._ring.end != self._ingested
-
-        with self._lock:
-            self._work.wait_for(due, timeout)
+        """The ring range to ingest after a linger (fewer, larger commits); None at the end."""
+        with self._lock:  # (a spurious wake-up costs an empty batch)
+            if not (self._closed or self._fence_at is not None
+                    or self._ring.end != self._ingested):
+                self._work.wait(timeout)
             if (not self._closed and self._fence_at is None
                     and 0 < self._ring.end - self._ingested < LINGER_BYTES):
                 self._work.wait(INGEST_LINGER_S)
@@ -288,8 +270,7 @@ class Store:
                 next_prune = math.inf  # until the fence is reached
 
     def _ingest(self, start: int, stop: int) -> bool:
-        """Ingest the ring from ``start`` to ``stop``, retrying every ``RETRY_S`` while it
-        fails; False if the store closed meanwhile."""
+        """Ingest the ring from ``start`` to ``stop`` (retrying); False if closed meanwhile."""
         position = start
         while position != stop:
             try:

@@ -1,9 +1,7 @@
-"""Upgrade steps of the store's layout, one module each; none yet (every store has the initial
-layout of ``labd.store.database``).
+"""Upgrade steps of the store's layout (``labd.store.database``), one module each; none yet.
 
-Module ``vN`` (``v2``, ``v3``, ...) defines ``upgrade(conn)``: it brings a version N - 1 file
-to version N inside the transaction ``database.prepare`` opened and commits (must not commit
-itself). ``STEPS`` maps N to it, from 2 on without a gap. A published step never changes.
+Module ``vN`` defines ``upgrade(conn)``, bringing version N - 1 to N inside the transaction
+``database.prepare`` commits; ``STEPS`` maps N (from 2, no gap) to it. Steps never change.
 """
 
 from __future__ import annotations
