@@ -65,6 +65,14 @@ def sync(fd: int) -> None:
     (os.fsync if PORTABLE or not hasattr(os, "fdatasync") else os.fdatasync)(fd)
 
 
+def flush(m: mmap.mmap, fd: int) -> None:
+    """Make what was written into a shared mapping of ``fd`` durable (Windows flushes the view
+    and then the file)."""
+    m.flush()
+    if PORTABLE:
+        os.fsync(fd)
+
+
 def sync_dir(directory: Path) -> None:
     """Make a directory's new entries durable (not on the portable path)."""
     if not PORTABLE:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable
-from typing import Any
 
 from labd.store import database
 from labd.store.database import StoreError, transaction
@@ -28,32 +27,25 @@ _UNRECORDED = """INSERT INTO unrecorded VALUES (?, 1, ?) ON CONFLICT(system)
     DO UPDATE SET requests = requests + 1, rows = rows + excluded.rows"""
 
 
-def _theta_id(conn: sqlite3.Connection, meta: dict[str, Any], theta: memoryview) -> int | None:
-    """The ``thetas`` id of a record's theta, or None for a theta not stored yet."""
-    if (ref := meta.get("theta_seq")) is None:
-        found = conn.execute("SELECT id FROM thetas WHERE digest = ?",
-                             (database.theta_digest(theta),)).fetchone()
-        return None if found is None else int(found[0])
-    found = conn.execute("SELECT theta_id FROM measurements WHERE seq = ?", (ref,)).fetchone()
-    if found is None:
-        raise StoreError(f"measurement {meta['seq']} refers to the theta of measurement {ref}, "
-                         f"which the store lacks")
-    return int(found[0])
-
-
 def _insert(conn: sqlite3.Connection, segments: SegmentWriter, entry: Entry) -> None:
     """Insert a measurement's row, its arrays appended to the newest segment."""
     meta, x, theta, y, _ = entry
     nx, nt, ny = len(x), len(theta), len(y)
-    if (tid := _theta_id(conn, meta, theta)) is None:
+    if (ref := meta.get("theta_seq")) is None:  # a theta carried: stored if new
+        digest = database.theta_digest(theta)
+        found = conn.execute("SELECT id FROM thetas WHERE digest = ?", (digest,)).fetchone()
+    elif (found := conn.execute("SELECT theta_id FROM measurements WHERE seq = ?",
+                                (ref,)).fetchone()) is None:
+        raise StoreError(f"measurement {meta['seq']} refers to the theta of measurement {ref}, "
+                         f"which the store lacks")
+    if found is None:
         segment, offset = segments.append([x, theta, y])
         tid = conn.execute("INSERT INTO thetas (digest, segment, offset, bytes) VALUES "
-                           "(?, ?, ?, ?)", (database.theta_digest(theta), segment, offset + nx,
-                                            nt)).lastrowid
+                           "(?, ?, ?, ?)", (digest, segment, offset + nx, nt)).lastrowid
         y_offset = offset + nx + nt
     else:
         segment, offset = segments.append([x, y])
-        y_offset = offset + nx
+        tid, y_offset = found[0], offset + nx
     conn.execute(_INSERT, (meta["run"], meta["system"], meta["seq"], meta["rows"],
                            meta["client"], meta["request_id"], meta["received"], meta["done"],
                            meta["elapsed_s"], json.dumps(meta["x_shape"]),

@@ -125,7 +125,7 @@ class Ring:
             m[p:p + len(part)] = part
             p += len(part)
         if fsync:
-            m.flush()  # the dirty pages only
+            files.flush(m, self._fd)
         self.end = start + length
         return self.end
 

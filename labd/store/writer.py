@@ -10,7 +10,7 @@ the last measurements; ``"full"`` syncs every record and commit. One process wri
 ``record`` (any thread, after ``start_run``) raises ``StoreError`` if the ring cannot be
 written, the store is closed or the numbers were taken, and waits while the ring is full. A
 theta equal to one of the last ``THETA_CACHE`` of its system is recorded as a reference.
-Readers see a measurement ``INGEST_LINGER_S`` after its reply at most; failed commits retry.
+Readers see a measurement about ``INGEST_LINGER_S`` after its reply; failed commits retry.
 Pruning runs at start and every ``prune_interval_s`` at a *fence*: ``record``'s thetas are
 forgotten and the ring position noted under the lock that orders the ring; the writer prunes
 once it has ingested exactly that far, so no reference to a pruned theta is left to ingest.

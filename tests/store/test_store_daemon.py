@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from labd.client import LabClient, LabError
-from labd.daemon.process import LocalDaemon
+from labd.daemon.process import LocalDaemon, free_port
 from labd.store.reader import StoreReader
 from tests.configs import loopback
 
@@ -167,6 +167,17 @@ def test_data_info_and_export(tmp_path: Path, config: Path) -> None:
 
 
 @pytest.mark.usefixtures("file_calls")
+def test_a_second_daemon_on_the_same_store_is_refused_clearly(tmp_path: Path,
+                                                               config: Path) -> None:
+    store = tmp_path / "m.sqlite"
+    with LocalDaemon(config=config, store=store):
+        out = labd("serve", "--config", str(config), "--store", str(store), "--bind",
+                   f"tcp://127.0.0.1:{free_port()}", "--events", "")
+    assert out.returncode == 2, out.stderr
+    assert "cannot open the measurement store" in out.stderr and "locked by another" in \
+        out.stderr and "Traceback" not in out.stderr
+
+
 def test_a_retry_across_kill_9_is_answered_from_the_record(tmp_path):
     """The reply to a recorded measurement is lost with the daemon; the client retries the
     same id at the restarted daemon and gets the recorded measurement, not a second one."""

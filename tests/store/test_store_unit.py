@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -379,3 +381,12 @@ def test_rows_whose_arrays_a_power_loss_took_are_dropped(tmp_path: Path,
         recs = list(reader.records())
     assert [r.seq for r in recs] == [0, 2, 6]
     np.testing.assert_array_equal(recs[1].x, sent[1].x)
+
+
+def test_the_store_imports_nothing_of_labd_outside_itself() -> None:
+    """The store sits below the daemon, the trainer and the drivers: loading it loads none."""
+    code = ("import sys, labd.store.reader, labd.store.writer; print(' '.join(m for m in "
+            "sys.modules if m.split('.')[0] in ('labd', 'drivers', 'protocols')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert loaded and {m for m in loaded if not m.startswith("labd.store")} == {"labd"}
