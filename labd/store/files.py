@@ -66,8 +66,7 @@ def sync(fd: int) -> None:
 
 
 def flush(m: mmap.mmap, fd: int) -> None:
-    """Make what was written into a shared mapping of ``fd`` durable (Windows flushes the view
-    and then the file)."""
+    """Make what was written into a shared mapping of ``fd`` durable (Windows: and the file)."""
     m.flush()
     if PORTABLE:
         os.fsync(fd)

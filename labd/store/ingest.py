@@ -27,13 +27,16 @@ _UNRECORDED = """INSERT INTO unrecorded VALUES (?, 1, ?) ON CONFLICT(system)
     DO UPDATE SET requests = requests + 1, rows = rows + excluded.rows"""
 
 
-def _insert(conn: sqlite3.Connection, segments: SegmentWriter, entry: Entry) -> None:
-    """Insert a measurement's row, its arrays appended to the newest segment."""
+def _row(conn: sqlite3.Connection, segments: SegmentWriter, entry: Entry,
+         carried: dict[int, int]) -> tuple[object, ...]:
+    """A measurement's row, its arrays appended; ``carried``: seq -> thetas id in the group."""
     meta, x, theta, y, _ = entry
     nx, nt, ny = len(x), len(theta), len(y)
     if (ref := meta.get("theta_seq")) is None:  # a theta carried: stored if new
         digest = database.theta_digest(theta)
         found = conn.execute("SELECT id FROM thetas WHERE digest = ?", (digest,)).fetchone()
+    elif ref in carried:
+        found = (carried[ref],)
     elif (found := conn.execute("SELECT theta_id FROM measurements WHERE seq = ?",
                                 (ref,)).fetchone()) is None:
         raise StoreError(f"measurement {meta['seq']} refers to the theta of measurement {ref}, "
@@ -46,19 +49,18 @@ def _insert(conn: sqlite3.Connection, segments: SegmentWriter, entry: Entry) -> 
     else:
         segment, offset = segments.append([x, y])
         tid, y_offset = found[0], offset + nx
-    conn.execute(_INSERT, (meta["run"], meta["system"], meta["seq"], meta["rows"],
-                           meta["client"], meta["request_id"], meta["received"], meta["done"],
-                           meta["elapsed_s"], json.dumps(meta["x_shape"]),
-                           json.dumps(meta["theta_shape"]), json.dumps(meta["y_shape"]), tid,
-                           segment, offset, nx, y_offset, ny))
+    carried[meta["seq"]] = tid
+    return (meta["run"], meta["system"], meta["seq"], meta["rows"], meta["client"],
+            meta["request_id"], meta["received"], meta["done"], meta["elapsed_s"],
+            json.dumps(meta["x_shape"]), json.dumps(meta["theta_shape"]),
+            json.dumps(meta["y_shape"]), tid, segment, offset, nx, y_offset, ny)
 
 
 def ingest(conn: sqlite3.Connection, segments: SegmentWriter, group: list[Entry]) -> None:
-    metas = [e.meta for e in group]
+    metas, carried = [e.meta for e in group], {}
     with transaction(conn, segments):
-        for entry in group:
-            if entry.meta["kind"] == "measurement":
-                _insert(conn, segments, entry)
+        conn.executemany(_INSERT, [_row(conn, segments, e, carried) for e in group
+                                   if e.meta["kind"] == "measurement"])
         conn.executemany(_UNRECORDED, [(m["system"], m["rows"]) for m in metas
                                        if m["kind"] == "reserve"])
         conn.execute("UPDATE counters SET value = max(value, ?) WHERE name = 'next_seq'",

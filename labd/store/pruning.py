@@ -31,8 +31,7 @@ class Pruner:
         self.max_bytes = max_bytes
         self.max_age_days = max_age_days
 
-    def used_bytes(self) -> int:
-        """The database's used pages and the segments' committed bytes."""
+    def used_bytes(self) -> int:  # the database's used pages and the segments' bytes
         page, pages, free, blobs = self.conn.execute(
             "SELECT * FROM pragma_page_size, pragma_page_count, pragma_freelist_count, "
             "(SELECT coalesce(sum(bytes), 0) FROM segments)").fetchone()
