@@ -23,7 +23,8 @@ the instrument answers, as ``(sent, reply)`` pairs, and runs the driver against 
 Anything else fails the test with a message naming the step: a message other than the next
 expected one, a message after the script ended, a read when nothing was answered (the driver
 waits for a reply that will not come). At the end of the ``with`` block, expected messages never
-sent and reply bytes never read fail too. A mismatch is also raised into the driver at once (as
+sent and reply bytes never read fail too (a connection the driver closed drops its unread bytes,
+as a real one does). A mismatch is also raised into the driver at once (as
 a transport error, which the driver may turn into a retryable ``InstrumentError``); the ``with``
 block reports it all the same.
 
@@ -41,8 +42,6 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-
-from drivers.base import Link
 
 #: A reply that never comes: the driver's read times out.
 SILENT = object()
@@ -132,6 +131,10 @@ class ExpectedDialogue:
         del self._out[:count]
         return data
 
+    def hang_up(self) -> None:
+        """The driver closed its connection: unread reply bytes are gone with it."""
+        self._out.clear()
+
     def finish(self) -> None:
         """Raise ``DialogueError`` for a mismatch, steps never reached or replies never read."""
         if self.failure is not None:
@@ -203,27 +206,32 @@ class _FakeTransport:
         self._check()
 
     def close(self) -> None:
-        self.closed = True
+        """A closed connection drops what the instrument sent and nobody read."""
+        if not self.closed:
+            self.closed = True
+            self.dialogue.hang_up()
 
 
 @contextmanager
 def expected_dialogue(target: Any, pairs: Sequence[Pair], end: str = "\n"
                       ) -> Iterator[ExpectedDialogue]:
-    """Run the ``with`` block with ``target`` (a driver with a ``link``, or a ``Link``) talking
-    to an ``ExpectedDialogue`` of ``pairs``; check at the end that it went exactly so."""
-    link = target if isinstance(target, Link) else getattr(target, "link", None)
-    if not isinstance(link, Link):
-        raise TypeError(f"{target!r} has no link to fake: pass a Link, or a driver whose "
-                        "link attribute is one")
+    """Run the ``with`` block with ``target`` (a driver with a ``link``, or a link: anything
+    with an ``opener`` and ``close()``, as ``drivers.base.Link``) talking to an
+    ``ExpectedDialogue`` of ``pairs``; check at the end that it went exactly so."""
+    link = target if hasattr(target, "opener") else getattr(target, "link", None)
+    if not hasattr(link, "opener"):
+        raise TypeError(f"{target!r} has no link to fake: pass a Link (or any link with an "
+                        "opener), or a driver whose link attribute is one")
     dialogue = ExpectedDialogue(pairs, end, name=getattr(target, "name", link.owner))
     saved, link.opener = link.opener, dialogue.connect
     try:
-        yield dialogue
-    except BaseException as exc:
-        if dialogue.failure is not None:
-            raise dialogue.failure from exc
-        raise
+        try:
+            yield dialogue
+        except BaseException as exc:
+            if dialogue.failure is not None and dialogue.failure is not exc:
+                raise dialogue.failure from exc
+            raise
+        dialogue.finish()
     finally:
         link.close()
         link.opener = saved
-    dialogue.finish()

@@ -1,17 +1,16 @@
-"""SCPI instruments emulated over raw TCP sockets, with a simulated bench behind them.
+"""SCPI instruments emulated over raw TCP sockets: the message framing, the common commands
+and error queue of an emulated instrument, and the server.
 
 Each instrument listens on its own port, as LAN instruments do (VISA address
 ``TCPIP::127.0.0.1::<port>::SOCKET``), and answers the subset of its real command set that the
 labd drivers use, in short or long form (``SOURce1:FUNCtion:ARBitrary`` = ``SOUR:FUNC:ARB``).
 Unknown commands and bad values go to the error queue (``SYST:ERR?``) as on the real
-instrument. Binary blocks ``#<n><len><bytes>`` are read and written as the instruments do.
+instrument. Binary blocks ``#<n><len><bytes>`` are read and written as the instruments do;
+every reply ends in the instrument's own line end (``ScpiModel.end``: LF, or CR LF for the
+AQ6370). A model may keep state per connection (``session()``: the AQ6370's log-in).
 
-* ``AwgModel`` (Keysight 33500B): DAC codes, amplitude, offset, voltage limits, triggered burst.
-  ``*TRG`` plays the waveform into the rig; the shots go to the bench and the scope records.
-* ``ScopeModel`` (Keysight InfiniiVision): single acquisitions of the bench's trace, signed WORD
-  or BYTE codes with a consistent preamble.
-* ``OsaModel`` (Yokogawa AQ6370): ``:INIT`` sweeps the bench's spectrum of the shaper's mask,
-  resampled onto the sweep points, in dBm (noise floor -90 dBm).
+The instruments: ``drivers.emulators.keysight`` (33500B AWG and InfiniiVision scope wired to a
+rig), ``drivers.emulators.yokogawa`` (AQ6370 OSA sweeping a rig's spectrum).
 
 ``TcpServer.muted`` (the process toggles it on SIGUSR1) makes every instrument stop answering
 while still reading, like a hung instrument; ``drop()`` closes every connection, like a pulled
@@ -27,11 +26,6 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from typing import ClassVar
-
-import numpy as np
-
-from drivers.emulators.rig import EmulatedRig
-from drivers.visa.scpi import format_block
 
 #: What a command handler answers: text, a binary block, or nothing (a command, not a query).
 Response = str | bytes | None
@@ -88,6 +82,8 @@ class ScpiModel:
     idn = "labd,EMULATOR,0,1.0"
     #: Settable values: key -> default; ``KEY value`` sets, ``KEY?`` returns it.
     settings: ClassVar[dict[str, str]] = {}
+    #: What ends every reply (a binary block's too).
+    end = b"\n"
 
     def __init__(self) -> None:
         self.values = dict(self.settings)
@@ -103,6 +99,14 @@ class ScpiModel:
         code, message = self.errors.popleft() if self.errors else (0, "No error")
         return f'{code:+d},"{message}"'
 
+    def session(self) -> dict[str, object]:
+        """Fresh state of one connection (none by default)."""
+        return {}
+
+    def receive(self, text: str, block: bytes | None, session: dict[str, object]) -> Response:
+        """One message of the connection whose state is ``session``."""
+        return self.handle(text, block)
+
     def key(self, key: str) -> str:
         """Hook to canonicalise keys (an optional leading node)."""
         return key
@@ -111,7 +115,11 @@ class ScpiModel:
         key, args = parse_header(text)
         key = self.key(key)
         if key in self.handlers:
-            return self.handlers[key](args, block)
+            try:
+                return self.handlers[key](args, block)
+            except ValueError:
+                self.error(-104, f"Data type error; {text.strip()[:40]}")
+                return None
         if key in self.values:
             self.values[key] = args
             return None
@@ -122,168 +130,6 @@ class ScpiModel:
 
     def number(self, key: str) -> float:
         return float(self.values[key])
-
-
-class ScopeModel(ScpiModel):
-    idn = "KEYSIGHT TECHNOLOGIES,DSOX3024T,EMU00001,07.50"
-    settings: ClassVar[dict[str, str]] = {
-                "CHAN:DISP": "1", "CHAN:RANG": "8", "CHAN:OFFS": "0", "TRIG:MODE": "EDGE",
-                "TRIG:EDGE:SOUR": "CHAN1", "TRIG:EDGE:SLOP": "POS", "TRIG:EDGE:LEV": "0",
-                "TRIG:SWE": "AUTO", "TIM:REF": "CENT", "TIM:POS": "0", "TIM:RANG": "1e-3",
-                "ACQ:TYPE": "NORM", "WAV:SOUR": "CHAN1", "WAV:FORM": "BYTE",
-                "WAV:BYT": "MSBF", "WAV:UNS": "1", "WAV:POIN:MODE": "NORM", "WAV:POIN": "1000"}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.armed = False
-        self.record: np.ndarray | None = None
-        self.handlers.update({
-            "STOP": lambda a, b: self._stop(), "SING": lambda a, b: self._single(),
-            "AER?": lambda a, b: "1" if self.armed else "0",
-            "OPER:COND?": lambda a, b: "+8" if self.armed else "+0",
-            "WAV:PRE?": lambda a, b: self._preamble(), "WAV:DATA?": lambda a, b: self._data()})
-
-    def _stop(self) -> None:
-        self.armed = False
-
-    def _single(self) -> None:
-        self.armed, self.record = True, None
-
-    def acquire(self, volts: np.ndarray) -> None:
-        """The trigger arrived: record ``volts`` if armed."""
-        if self.armed:
-            self.armed, self.record = False, np.asarray(volts, dtype=np.float64)
-
-    def _scale(self) -> tuple[str, float, float, int]:
-        word = self.values["WAV:FORM"].upper().startswith("WORD")
-        bits = 16 if word else 8
-        return ("<i2" if word else "i1"), self.number("CHAN:RANG") / 2 ** bits, \
-            self.number("CHAN:OFFS"), 2 ** (bits - 1) - 1
-
-    def _preamble(self) -> str:
-        dtype, yinc, yorig, _ = self._scale()
-        n = 0 if self.record is None else self.record.size
-        xinc = self.number("TIM:RANG") / max(n, 1)
-        fmt = 1 if dtype == "<i2" else 0
-        return (f"+{fmt},+0,+{n},+1,{xinc:+.9E},{self.number('TIM:POS'):+.9E},+0,"
-                f"{yinc:+.9E},{yorig:+.9E},+0")
-
-    def _data(self) -> bytes:
-        if self.record is None:
-            self.error(-222, "Data out of range; no acquisition")
-            return format_block(b"")
-        dtype, yinc, yorig, top = self._scale()
-        codes = np.clip(np.round((self.record - yorig) / yinc), -top, top)
-        return format_block(codes.astype(dtype).tobytes())
-
-
-class AwgModel(ScpiModel):
-    idn = "Keysight Technologies,33522B,MY5EMU0001,4.00-1.19-2.00-58-00"
-    settings: ClassVar[dict[str, str]] = {
-                "OUTP:LOAD": "50", "OUTP": "0", "VOLT": "0.1", "VOLT:OFFS": "0",
-                "VOLT:LIM:HIGH": "5", "VOLT:LIM:LOW": "-5", "VOLT:LIM:STAT": "0",
-                "BURS:MODE": "TRIG", "BURS:NCYC": "1", "BURS:STAT": "0", "TRIG:SOUR": "IMM",
-                "FUNC": "SIN", "FUNC:ARB": "", "FUNC:ARB:SRAT": "40000", "FORM:BORD": "NORM"}
-    max_points = 1_000_000
-
-    def __init__(self, on_trigger: Callable[[np.ndarray], None]) -> None:
-        super().__init__()
-        self.on_trigger = on_trigger
-        self.arbs: dict[str, np.ndarray] = {}
-        self.handlers.update({
-            "DATA:VOL:CLE": lambda a, b: self.arbs.clear(), "DATA:ARB:DAC": self._upload,
-            "FUNC:ARB": self._select, "VOLT": self._amplitude, "VOLT:OFFS": self._offset,
-            "*TRG": lambda a, b: self._trigger()})
-
-    def key(self, key: str) -> str:
-        return key[5:] if key.startswith("SOUR:") else key
-
-    def _on(self, key: str) -> bool:
-        return self.values[key].upper() in ("1", "ON")
-
-    def _upload(self, args: str, block: bytes | None) -> None:
-        name = args.rstrip(",").strip().strip('"')
-        if block is None or not name or len(block) % 2:
-            self.error(-104, "Data type error; expected name,#block of int16")
-            return
-        order = "<i2" if self.values["FORM:BORD"].upper().startswith("SWAP") else ">i2"
-        codes = np.frombuffer(block, order)
-        if not 8 <= codes.size <= self.max_points:
-            self.error(-222, f"Data out of range; {codes.size} points")
-            return
-        self.arbs[name] = codes
-
-    def _select(self, args: str, block: bytes | None) -> None:
-        name = args.strip().strip('"')
-        if name not in self.arbs:
-            self.error(-221, f"Settings conflict; no arb waveform {name!r} in memory")
-            return
-        self.values["FUNC:ARB"] = name
-
-    def _check(self, amplitude: float, offset: float) -> bool:
-        top = 10.0 if self.values["OUTP:LOAD"].upper().startswith("INF") else 5.0
-        high, low = offset + amplitude / 2, offset - amplitude / 2
-        if self._on("VOLT:LIM:STAT"):
-            top_ok = high <= self.number("VOLT:LIM:HIGH") + 1e-9
-            ok = top_ok and low >= self.number("VOLT:LIM:LOW") - 1e-9
-        else:
-            ok = True
-        if not ok or max(abs(high), abs(low)) > top + 1e-9:
-            self.error(-222, "Data out of range; amplitude and offset exceed the limits")
-            return False
-        return True
-
-    def _amplitude(self, args: str, block: bytes | None) -> None:
-        if self._check(float(args), self.number("VOLT:OFFS")):
-            self.values["VOLT"] = args
-
-    def _offset(self, args: str, block: bytes | None) -> None:
-        if self._check(self.number("VOLT"), float(args)):
-            self.values["VOLT:OFFS"] = args
-
-    def _trigger(self) -> None:
-        ready = (self._on("OUTP") and self._on("BURS:STAT")
-                 and self.values["TRIG:SOUR"].upper() == "BUS"
-                 and self.values["FUNC"].upper().startswith("ARB")
-                 and self.values["FUNC:ARB"] in self.arbs)
-        if not ready:
-            self.error(-211, "Trigger ignored")
-            return
-        codes = self.arbs[self.values["FUNC:ARB"]]
-        volts = self.number("VOLT:OFFS") + codes / 32767.0 * self.number("VOLT") / 2
-        if self._on("VOLT:LIM:STAT"):
-            volts = np.clip(volts, self.number("VOLT:LIM:LOW"), self.number("VOLT:LIM:HIGH"))
-        self.on_trigger(volts)
-
-
-class OsaModel(ScpiModel):
-    idn = "YOKOGAWA,AQ6374,EMU0001,01.01"
-    settings: ClassVar[dict[str, str]] = {
-                "SENS:WAV:STAR": "350NM", "SENS:WAV:STOP": "1200NM", "SENS:SWE:POIN": "1001",
-                "SENS:BAND:RES": "0.1NM", "SENS:SENS": "MID", "DISP:TRAC:Y:SPAC": "LOG",
-                "INIT:SMOD": "REP", "FORM:DATA": "ASCII"}
-    floor_dbm = -90.0
-
-    def __init__(self, rig: EmulatedRig) -> None:
-        super().__init__()
-        self.rig = rig
-        self.trace: np.ndarray | None = None
-        self.handlers.update({"INIT": lambda a, b: self._sweep(), "TRAC:Y?": self._trace})
-
-    def _sweep(self) -> None:
-        spectrum = self.rig.sweep()
-        points = int(self.number("SENS:SWE:POIN"))
-        resampled = np.interp(np.linspace(0, 1, points), np.linspace(0, 1, spectrum.size),
-                              spectrum)
-        self.trace = 10 * np.log10(np.maximum(resampled, 10 ** (self.floor_dbm / 10)))
-
-    def _trace(self, args: str, block: bytes | None) -> Response:
-        if args.strip().upper() != "TRA" or self.trace is None:
-            self.error(-221, "Settings conflict; no trace TRA")
-            return "0"
-        if self.values["FORM:DATA"].upper().startswith("REAL"):
-            return format_block(self.trace.astype("<f4").tobytes())
-        return ",".join(f"{v:+.6E}" for v in self.trace)
 
 
 class TcpServer:
@@ -316,6 +162,7 @@ class TcpServer:
 
     def _talk(self, conn: socket.socket, model: ScpiModel) -> None:
         buf = bytearray()
+        session = model.session()
         try:
             while data := conn.recv(1 << 16):
                 buf += data
@@ -323,11 +170,11 @@ class TcpServer:
                     if self.muted:
                         continue
                     with self.lock:
-                        reply = model.handle(*message)
+                        reply = model.receive(*message, session)
                     if isinstance(reply, str):
-                        conn.sendall(reply.encode("ascii") + b"\n")
+                        conn.sendall(reply.encode("ascii") + model.end)
                     elif isinstance(reply, bytes):
-                        conn.sendall(reply + b"\n")
+                        conn.sendall(reply + model.end)
         except OSError:
             pass
         finally:
@@ -345,20 +192,3 @@ class TcpServer:
         for listener in self._listeners:
             listener.close()
         self.drop()
-
-
-def wire_awg_scope(rig: EmulatedRig) -> tuple[AwgModel, ScopeModel]:
-    """An AWG and a scope on ``rig``: each ``*TRG`` plays the waveform's shots into the bench
-    and the scope records the concatenated traces (when armed)."""
-    scope = ScopeModel()
-
-    def on_trigger(volts: np.ndarray) -> None:
-        shots, rest = divmod(volts.size, rig.channels)
-        if rest or not shots:
-            awg.error(-222, f"Data out of range; waveform of {volts.size} points is not "
-                      f"whole shots of {rig.channels}")
-            return
-        scope.acquire(rig.play(volts.reshape(shots, rig.channels)).reshape(-1))
-
-    awg = AwgModel(on_trigger)
-    return awg, scope

@@ -23,9 +23,11 @@ import os
 import signal
 import threading
 
+from drivers.emulators.keysight import wire_awg_scope
 from drivers.emulators.pty_server import DaqModel, PtyServer, ShaperModel
 from drivers.emulators.rig import EmulatedRig, load_rig
-from drivers.emulators.scpi import OsaModel, TcpServer, wire_awg_scope
+from drivers.emulators.scpi import TcpServer
+from drivers.emulators.yokogawa import OsaModel
 
 DEFAULT_FRONTS = {"oscillator": "awg,scope", "loopback": "awg,scope", "shg": "shaper,osa",
                   "plate": "daq"}
@@ -44,8 +46,8 @@ class Emulators:
         tcp_models = {}
         if "awg" in fronts or "scope" in fronts:
             tcp_models["awg"], tcp_models["scope"] = wire_awg_scope(rig)
-        if "osa" in fronts:
-            tcp_models["osa"] = OsaModel(rig)
+        if "osa" in fronts:  # sweeps last as long as the instrument's when in real time
+            tcp_models["osa"] = OsaModel(rig, 1.0 if rig.bench.timing == "realtime" else 0.05)
         for i, front in enumerate(f for f in fronts if f in tcp_models):
             self.models[front] = tcp_models[front]
             self.addresses[front] = self.tcp.serve(tcp_models[front], port + i if port else 0)

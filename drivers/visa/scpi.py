@@ -95,6 +95,7 @@ class ScpiLink(Link):
         def read(res: Any) -> bytes:
             head = res.read_bytes(2)
             if head[:1] != b"#" or not head[1:2].isdigit() or head[1:2] == b"0":
+                self.close()  # the rest of that reply would be read as the next one
                 raise InstrumentError(self.owner, f"expected a definite-length block, got "
                                       f"{head!r}", command, retryable=False)
             size = int(res.read_bytes(int(head[1:2])))
@@ -103,6 +104,7 @@ class ScpiLink(Link):
             if end == b"\r":  # CR LF: the LF is part of this reply too
                 end = res.read_bytes(1)
             if end != b"\n":
+                self.close()
                 raise InstrumentError(self.owner, f"a {size}-byte block ends in {end!r}, not "
                                       "the end of its line", command, retryable=False)
             return payload
@@ -111,11 +113,17 @@ class ScpiLink(Link):
 
     def wait_for(self, command: str, done: Callable[[str], bool], timeout_s: float,
                  poll_s: float = 0.002) -> str:
-        """Repeat query ``command`` until ``done(reply)``; InstrumentError after ``timeout_s``."""
+        """Repeat query ``command`` every ``poll_s`` until ``done(reply)``; InstrumentError
+        after ``timeout_s`` (retryable) or for a reply ``done`` cannot read (not retryable)."""
         deadline = time.monotonic() + timeout_s
         while True:
             reply = self.query(command)
-            if done(reply):
+            try:
+                finished = done(reply)
+            except ValueError:
+                raise InstrumentError(self.owner, f"unreadable reply {reply!r}", command,
+                                      retryable=False) from None
+            if finished:
                 return reply
             if time.monotonic() > deadline:
                 raise InstrumentError(self.owner, f"no completion within {timeout_s:g} s "

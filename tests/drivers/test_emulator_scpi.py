@@ -1,11 +1,14 @@
-"""The protocol emulators: SCPI parsing, AWG + scope and shaper + OSA on a bench, faults, the
-emulator process, and the emulated example configuration built by ``build_rig``."""
+"""The protocol emulators: SCPI parsing, AWG + scope and shaper + OSA on a bench, as strict as
+the instruments (the OSA's log-in, CR LF replies, timed sweeps and traces; the AWG's Sync and
+filter; the scope's point counts), faults, the emulator process, and the emulated example
+configuration built by ``build_rig``."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -118,35 +121,6 @@ def test_mute_and_drop_are_retryable_faults_and_reopen_recovers(oscillator):
     assert scope.read().shape == (1, awg.channels)
 
 
-@needs_tcp
-def test_shaper_and_osa_measure_the_spectrum_of_the_mask():
-    rig = load_rig("shg", seed=2)
-    emulators = Emulators(rig, ["shaper", "osa"])
-    try:
-        shaper = SerialPulseShaper("shg.drive", rig.channels, (0.0, 1.0),
-                                   emulators.addresses["shaper"])
-        osa = YokogawaAQ6370("shg.detector", 201, emulators.addresses["osa"], library="@py",
-                             format="real32", timeout_s=1.0)
-        shaper.open()
-        osa.open()
-        spectra = []
-        for level in (0.2, 0.9):
-            shaper.output(np.full((1, rig.channels), level))
-            osa.arm(1)
-            spectra.append(osa.read()[0])
-        twin = load_rig("shg", seed=2)
-        for level, spectrum in zip((0.2, 0.9), spectra, strict=True):
-            twin.mask = np.full(rig.channels, round(level * 65535) / 65535)
-            expected = np.interp(np.linspace(0, 1, 201), np.linspace(0, 1, rig.bench.samples),
-                                 twin.sweep())
-            np.testing.assert_allclose(spectrum, np.maximum(expected, 1e-9), rtol=1e-5)
-        assert not np.allclose(spectra[0], spectra[1])
-        shaper.close()
-        osa.close()
-    finally:
-        emulators.close()
-
-
 def test_the_emulated_example_matches_the_emulators_rig():
     example = load_config(EXAMPLE).systems["oscillator"]
     rig = load_config(ROOT / "drivers" / "emulators" / "rigs.toml").systems["oscillator"]
@@ -211,4 +185,153 @@ def test_the_emulator_process_serves_the_example_config_built_by_build_rig(tmp_p
         detector.close()
     finally:
         proc.terminate()
-        proc.wait(5)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _talk(address: str, lines: list[str], wait_s: float = 0.3) -> bytes:
+    """Send ``lines`` on a fresh connection to a ``TCPIP::host::port::SOCKET`` address and
+    return everything answered within ``wait_s`` of the last one."""
+    _, host, port, _ = address.split("::")
+    with socket.create_connection((host, int(port)), timeout=wait_s) as conn:
+        conn.sendall("".join(line + "\n" for line in lines).encode())
+        received = b""
+        try:
+            while data := conn.recv(65536):
+                received += data
+        except TimeoutError:
+            pass
+    return received
+
+
+@pytest.fixture
+def shg_emulators():
+    rig = load_rig("shg", seed=2)
+    emulators = Emulators(rig, ["shaper", "osa"])
+    yield rig, emulators
+    emulators.close()
+
+
+def test_the_emulated_osa_is_as_strict_as_the_instrument(shg_emulators):
+    """No answer before the log-in, CR LF endings, *OPC? not waiting for a sweep, and an old
+    fixed trace A in dBm/nm as an earlier user left it."""
+    _, emulators = shg_emulators
+    osa = emulators.addresses["osa"]
+    assert _talk(osa, ["*IDN?"]) == b""
+    login = ['OPEN "anonymous"', " "]
+    assert _talk(osa, login) == b"AUTHENTICATE CRAM-MD5.\r\nready\r\n"
+    assert _talk(osa, ['OPEN "labd"', "guess", "*IDN?"]) == \
+        b"AUTHENTICATE CRAM-MD5.\r\nerror\r\n"
+    during = _talk(osa, [*login, ":SENS:SENS HIGH3", ":INIT", "*OPC?", ":STAT:OPER:COND?",
+                         ":STAT:OPER:EVEN?", ":DISP:TRAC:Y1:UNIT?", ":TRAC:ATTR:TRA?"])
+    assert during.split(b"\r\n")[2:-1] == [b"1", b"0", b"0", b"DBM/NM", b"FIX"]
+
+
+def test_the_osa_over_its_lan_socket_sweeps_two_different_traces(shg_emulators):
+    """Issue 17's test of done: log-in, CR LF endings and status polling over the socket, and
+    two successive sweeps (two masks on the shaper) returning two different traces, each the
+    bench's spectrum of its mask in mW."""
+    rig, emulators = shg_emulators
+    shaper = SerialPulseShaper("shg.drive", rig.channels, (0.0, 1.0), emulators.addresses["shaper"])
+    osa = YokogawaAQ6370("shg.detector", 201, emulators.addresses["osa"], library="@py",
+                         format="real32", timeout_s=5.0, poll_s=0.01)
+    shaper.open()
+    osa.open()
+    spectra = []
+    for level in (0.2, 0.9):
+        shaper.output(np.full((1, rig.channels), level))
+        osa.arm(1)
+        spectra.append(osa.read()[0])
+    twin = load_rig("shg", seed=2)
+    for level, spectrum in zip((0.2, 0.9), spectra, strict=True):
+        twin.mask = np.full(rig.channels, round(level * 65535) / 65535)
+        expected = np.interp(np.linspace(0, 1, 201), np.linspace(0, 1, rig.bench.samples),
+                             twin.sweep())
+        np.testing.assert_allclose(spectrum, np.maximum(expected, 1e-9), rtol=1e-5)
+    assert not np.allclose(spectra[0], spectra[1])
+    shaper.close()
+    osa.close()
+
+
+@needs_tcp
+def test_sync_must_follow_the_channel_that_plays():
+    """With the waveform on channel 2, the scope triggers only once Sync follows channel 2
+    (the driver sets it); Sync left on channel 1 never triggers it."""
+    rig = load_rig("oscillator", seed=3)
+    emulators = Emulators(rig, ["awg", "scope"])
+    try:
+        awg = Keysight33500B("osc.drive", rig.channels, (-1.0, 1.0), emulators.addresses["awg"],
+                             library="@py", source=2, timeout_s=30.0)
+        scope = KeysightInfiniiVision("osc.detector", rig.channels,
+                                      emulators.addresses["scope"], library="@py",
+                                      timeout_s=30.0, acquire_timeout_s=30.0)
+        awg.open()
+        scope.open()
+        x = np.random.default_rng(0).uniform(-1, 1, (2, rig.channels))
+        scope.arm(2)
+        awg.output(x)
+        twin = load_rig("oscillator", seed=3)
+        expected = twin.play(awg.codes(x).reshape(x.shape) / 32767.0)
+        np.testing.assert_allclose(scope.read(), expected, atol=3 * 8 / 65536)
+        awg.link.write("OUTP:SYNC:SOUR CH1")  # as an AWG left alone would have it
+        scope.acquire_timeout_s = 0.3
+        scope.arm(2)
+        awg.output(x)
+        with pytest.raises(InstrumentError, match="no completion"):
+            scope.read()
+        awg.close()
+        scope.close()
+    finally:
+        emulators.close()
+
+
+@needs_tcp
+def test_the_arb_filter_smears_held_samples_unless_off(oscillator):
+    """The emulated AWG filters as the instrument does: with the NORMAL filter (its default)
+    each held sample is smeared into its neighbours; the driver's default OFF holds them."""
+    emulators, _, _ = oscillator
+    rig = emulators.rig
+    twin = load_rig("oscillator", seed=3)  # same seed: same device and the same noise
+    x = np.random.default_rng(1).uniform(-1, 1, (2, rig.channels))
+    for arb_filter in ("OFF", "NORMAL"):
+        awg, scope = oscillator_pair(emulators.addresses, rig.channels, timeout_s=30.0)
+        awg.arb_filter = arb_filter
+        awg.open()
+        scope.open()
+        scope.arm(2)
+        awg.output(x)
+        y = scope.read()
+        volts = (awg.codes(x) / 32767.0).astype(float)
+        if arb_filter == "NORMAL":  # 0.2 / 0.6 / 0.2, the ends held
+            edges = np.concatenate([volts[:1], volts, volts[-1:]])
+            volts = 0.2 * (edges[:-2] + edges[2:]) + 0.6 * volts
+        np.testing.assert_allclose(y, twin.play(volts.reshape(x.shape)), atol=3 * 8 / 65536)
+        awg.close()
+        scope.close()
+
+
+@needs_tcp
+def test_the_scope_takes_at_least_100_points_and_tells_its_count():
+    """:WAV:POIN below 100 is error -222 on the emulated scope as on the instrument; the
+    driver records 100 points for a short batch and keeps the first ones."""
+    rig = load_rig("loopback", seed=1)
+    emulators = Emulators(rig, ["awg", "scope"])
+    try:
+        awg, scope = oscillator_pair(emulators.addresses, rig.channels, timeout_s=30.0)
+        awg.open()
+        scope.open()
+        scope.link.write(":WAV:POIN 50")
+        with pytest.raises(InstrumentError, match="-222"):
+            scope.link.check_errors(":WAV:POIN 50", ":SYST:ERR?")
+        x = np.linspace(-0.9, 0.9, rig.channels)[None, :]
+        scope.arm(1)
+        awg.output(x)
+        np.testing.assert_allclose(scope.read(), x, atol=2 * 8 / 65536)
+        assert scope.link.query(":WAV:POIN?") == "+100"
+        awg.close()
+        scope.close()
+    finally:
+        emulators.close()
