@@ -23,10 +23,10 @@ the instrument answers, as ``(sent, reply)`` pairs, and runs the driver against 
 Anything else fails the test with a message naming the step: a message other than the next
 expected one, a message after the script ended, a read when nothing was answered (the driver
 waits for a reply that will not come). At the end of the ``with`` block, expected messages never
-sent and reply bytes never read fail too (a connection the driver closed drops its unread bytes,
-as a real one does). A mismatch is also raised into the driver at once (as
-a transport error, which the driver may turn into a retryable ``InstrumentError``); the ``with``
-block reports it all the same.
+sent and reply bytes never read fail too (a connection the driver closed drops its unread
+bytes, as a real one does). A mismatch is also raised into the driver at once (as a transport
+error, which the driver may turn into a retryable ``InstrumentError``); the ``with`` block
+reports it all the same.
 
 The fake speaks the part of a pyvisa resource (``write_raw``, ``read``, ``read_bytes``,
 ``timeout``) and of a ``serial.Serial`` (``write``, ``flush``, ``readline``, ``read``,

@@ -26,7 +26,9 @@ from drivers.serial.pulse_shaper import SerialPulseShaper
 from drivers.visa.keysight_33500b import Keysight33500B
 from drivers.visa.keysight_scope import KeysightInfiniiVision
 from drivers.visa.yokogawa_aq6370 import YokogawaAQ6370
+from labd.client import LabClient
 from labd.config import load_config
+from labd.daemon.process import LocalDaemon
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "examples" / "oscillator-emulated.toml"
@@ -254,6 +256,58 @@ def test_the_osa_over_its_lan_socket_sweeps_two_different_traces(shg_emulators):
     assert not np.allclose(spectra[0], spectra[1])
     shaper.close()
     osa.close()
+
+
+SHG_CONFIG = """
+[store]
+path = ""
+
+[systems.shg]
+kind = "shg"
+input_dim = 20
+param_dim = 40
+output_dim = 10
+max_batch = 8
+timeout_s = 60.0
+encoding = {{ layout = "concat" }}
+decoding = {{ reduce = "sum" }}
+
+[systems.shg.drive]
+driver = "serial.pulse_shaper"
+port = "{shaper}"
+timeout_s = 5.0
+
+[systems.shg.detector]
+driver = "yokogawa.aq6370"
+resource = "{osa}"
+library = "@py"
+samples = 201
+format = "real32"
+poll_s = 0.01
+"""
+
+
+@needs_tcp
+def test_a_daemon_serves_the_shg_rig_through_the_osa_on_its_lan_socket(shg_emulators, tmp_path):
+    """End to end: labd serve drives the emulated shaper and the emulated OSA (log-in, CR LF,
+    status polling, one sweep per row), and y is the bench's spectra decoded, row by row."""
+    rig, emulators = shg_emulators
+    config = tmp_path / "shg.toml"
+    config.write_text(SHG_CONFIG.format(**emulators.addresses))
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0, 1, (6, 20)).astype(np.float32)
+    theta = rng.uniform(0, 1, 40).astype(np.float32)
+    with LocalDaemon(config=config) as daemon, LabClient(daemon.endpoint, timeout_s=60) as lab:
+        y = lab.forward("shg", x, theta)
+    twin = load_rig("shg", seed=2)
+    expected = []
+    for row in np.concatenate([x, np.broadcast_to(theta, (6, 40))], axis=1):
+        twin.mask = np.round(row.astype(np.float64) * 65535) / 65535
+        spectrum = np.interp(np.linspace(0, 1, 201), np.linspace(0, 1, rig.bench.samples),
+                             twin.sweep())
+        expected.append(np.maximum(spectrum, 1e-9)[:200].reshape(10, 20).sum(1))
+    np.testing.assert_allclose(y, np.array(expected), rtol=1e-4)
+    assert np.ptp(y, axis=0).max() > 0  # the rows differ: each is its own sweep
 
 
 @needs_tcp
