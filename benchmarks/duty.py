@@ -141,8 +141,8 @@ class InProcess:
     def __init__(self, system: PhysicalSystem) -> None:
         self.system = system
         self.description = system.describe()
-        self.input_range = tuple(system.config.input_range)
-        self.param_range = tuple(system.config.param_range)
+        self.input_range = tuple(system.mapping.input_range)
+        self.param_range = tuple(system.mapping.param_range)
         self.queries = 0
         self.instrument_s = 0.0
 

@@ -53,9 +53,10 @@ def shots_per_second(name: str, seconds: float = 5.0) -> dict[str, Any]:
     system = PhysicalSystem.from_config(name, config)
     batch = system.chunk
     rng = np.random.default_rng(0)
-    (xl, xh), (tl, th) = config.input_range, config.param_range
-    x = rng.uniform(xl, xh, (batch, config.input_dim)).astype(np.float32)
-    theta = rng.uniform(tl, th, config.param_dim).astype(np.float32)
+    m = config.mapping
+    (xl, xh), (tl, th) = m.input_range, m.param_range
+    x = rng.uniform(xl, xh, (batch, m.input_dim)).astype(np.float32)
+    theta = rng.uniform(tl, th, m.param_dim).astype(np.float32)
     system.open()
     try:
         system.measure(x, theta)  # warm-up: compilation, plans, caches

@@ -5,15 +5,23 @@ embedded default, for a commented example)::
 
     [server]            control/event endpoints, message and batch limits, queue depth
     [store]             where measurements are recorded (see labd.daemon.recording)
-    [systems.NAME]      one physical system: kind, dimensions, ranges, encoding, decoding,
-                        nominal physics, and its two instruments
-    [systems.NAME.bench]     for simulated systems: the shared simulated bench (seed, timing...)
-    [systems.NAME.drive]     driver = "registry name", then the driver's own options
+    [plugins]           path: folders searched for "package.module:Class" names
+    [systems.NAME]      one physical system: kind, dimensions, ranges, encoding, decoding
+                        (together its ``mapping``), nominal physics and model, and its two
+                        instruments
+    [systems.NAME.bench]     for simulated systems: the shared simulated bench (type, seed...)
+    [systems.NAME.drive]     driver = "registered.name" or "package.module:Class", then the
+                             driver's own options
     [systems.NAME.detector]  likewise
 
 Unknown keys are errors (a typo in a lab config must not be silently ignored), except inside
-``physics``, ``bench``, ``drive`` and ``detector``, whose keys belong to the kind or driver and
-are checked when the system is built.
+``physics``, ``bench``, ``drive`` and ``detector``, whose keys belong to the classes they name
+and are checked against them when the system is built (``labd.daemon.system.build_systems``;
+``labd config --check`` builds without opening anything).
+
+Loading a file appends its ``[plugins] path`` folders (relative to the file's folder; default
+the file's folder itself) to ``sys.path``, so that its dotted class paths import in this
+process: the daemon's, ``labd config --check``'s or the trainer's with ``--config``.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from pydantic import (
     model_validator,
 )
 
+from drivers import plugins
 from drivers.physics.encoding import Mapping
 from protocols.v1 import DEFAULT_CONTROL_ENDPOINT, DEFAULT_EVENT_ENDPOINT
 
@@ -85,8 +94,15 @@ class SecurityConfig(_Config):
         return self
 
 
+class PluginsConfig(_Config):
+    #: Folders searched for the modules of "package.module:Class" names, relative to the
+    #: configuration file's folder (absolute once loaded; unused by the embedded default).
+    path: list[str] = ["."]
+
+
 class InstrumentConfig(BaseModel):
-    """``driver`` names an entry of ``drivers.registry``; other keys are the driver's options."""
+    """``driver`` names a ``labd.drivers`` entry point or a class ("package.module:Class");
+    the other keys are the driver's options."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -97,16 +113,26 @@ class InstrumentConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
-class SystemConfig(Mapping):
+class SystemConfig(_Config):
+    """One system. Its table holds the mapping's keys (``input_dim``, ``param_dim``,
+    ``output_dim``, ``input_range``, ``param_range``, ``encoding``, ``decoding``) beside the
+    others; they are gathered into ``mapping``."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: str
     description: str = ""
+    mapping: Mapping
     #: Largest batch measured in one go; larger requests are measured in chunks.
     max_batch: int = Field(1024, ge=1)
-    #: Nominal (textbook) physics of the rig, read by the kind's nominal model.
+    #: Nominal (textbook) physics of the rig, read by the nominal model and the bench.
     physics: dict[str, Any] = Field(default_factory=dict)
-    #: Present for simulated systems: options of the shared simulated bench.
+    #: The nominal model: a ``labd.physics`` entry point or "package.module:Class"; not set:
+    #: the model registered under ``kind``, if any; "": none (the trainer then fits its twin
+    #: from measurements alone).
+    nominal: str | None = None
+    #: Present for simulated systems: the shared simulated bench (``type``, default ``kind``;
+    #: then its options).
     bench: dict[str, Any] | None = None
     drive: InstrumentConfig
     detector: InstrumentConfig
@@ -121,11 +147,21 @@ class SystemConfig(Mapping):
     #: Measure on the server thread: only for instantaneous systems (loopback).
     inline: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_mapping(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "mapping" not in data:
+            keys = Mapping.model_fields
+            data = {**{k: v for k, v in data.items() if k not in keys},
+                    "mapping": {k: v for k, v in data.items() if k in keys}}
+        return data
+
 
 class DaemonConfig(_Config):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
     security: SecurityConfig = SecurityConfig()
+    plugins: PluginsConfig = PluginsConfig()
     systems: dict[str, SystemConfig]
 
     @model_validator(mode="after")
@@ -151,19 +187,28 @@ class ConfigError(Exception):
     """A configuration file that cannot be read or does not validate."""
 
 
-def _parse(text: str, origin: str) -> DaemonConfig:
+def _where(loc: tuple[Any, ...]) -> str:
+    """A validation error's location as the file spells it (the mapping's keys sit in the
+    system's table)."""
+    return ".".join(str(p) for p in loc if p != "mapping")
+
+
+def _parse(text: str, origin: str, folder: Path | None) -> DaemonConfig:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{origin}: not valid TOML: {exc}") from None
     try:
-        return DaemonConfig.model_validate(data)
+        config = DaemonConfig.model_validate(data)
     except ValidationError as exc:
         lines = [f"{origin}: invalid configuration:"]
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  {where}: {err['msg']}")
+        lines += [f"  {_where(err['loc'])}: {err['msg']}" for err in exc.errors()]
         raise ConfigError("\n".join(lines)) from None
+    if folder is None:
+        return config
+    found = PluginsConfig(path=[str((folder / p).resolve()) for p in config.plugins.path])
+    plugins.add_search_path(found.path)
+    return config.model_copy(update={"plugins": found})
 
 
 def default_config_text() -> str:
@@ -172,13 +217,13 @@ def default_config_text() -> str:
 
 
 def load_config(path: str | Path | None = None) -> DaemonConfig:
-    """The configuration at ``path``, or the embedded default when ``path`` is None."""
+    """The configuration at ``path``, or the embedded default when ``path`` is None; its
+    plugin folders are appended to ``sys.path`` (see the module's docstring)."""
     if path is None:
-        return _parse(default_config_text(), "embedded default")
+        return _parse(default_config_text(), "embedded default", None)
     p = Path(path).expanduser()
     try:
         text = p.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read configuration {p}: {exc.strerror}") from None
-    return _parse(text, str(p))
-
+    return _parse(text, str(p), p.resolve().parent)

@@ -1,25 +1,29 @@
 """The simulated bench behind the protocol emulators.
 
-An ``EmulatedRig`` is one system's mapping and simulated bench (``drivers.registry.BENCHES``),
-shared by the emulated instruments of that rig: a drive front end calls ``play(patterns)``
-(waveform instruments) or sets ``mask`` (a pulse shaper), a detector front end calls ``play``
-or ``sweep()``. The system comes from ``rigs.toml`` beside this module (``--rig NAME``) or from
-any labd configuration file. A kind whose stand-in bench does not exist yet runs on the
-loopback bench, with a warning on stderr.
+An ``EmulatedRig`` is one system's mapping and simulated bench (a ``labd.benches`` entry point,
+see ``drivers.plugins``), shared by the emulated instruments of that rig: a drive front end
+calls ``play(patterns)`` (waveform instruments) or sets ``mask`` (a pulse shaper), a detector
+front end calls ``play`` or ``sweep()``. The system is a ``[systems.NAME]`` table of
+``rigs.toml`` beside this module (``--rig NAME``) or of any labd configuration file; only its
+kind, mapping keys, physics and bench table are read. A kind with no registered bench runs on
+the loopback bench, with a warning on stderr.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from drivers.registry import BENCHES, _load
+from drivers import plugins
+from drivers.physics.encoding import Mapping
+from drivers.rig import build_bench
 from drivers.sim.bench import Bench
-from labd.config import SystemConfig, load_config
 
 RIGS = Path(__file__).with_name("rigs.toml")
 
@@ -27,7 +31,8 @@ RIGS = Path(__file__).with_name("rigs.toml")
 @dataclass
 class EmulatedRig:
     name: str
-    system: SystemConfig
+    kind: str
+    mapping: Mapping
     bench: Bench
     #: The pattern a one-pattern drive (pulse shaper) currently holds, ``[channels]``.
     mask: np.ndarray | None = None
@@ -35,7 +40,7 @@ class EmulatedRig:
 
     @property
     def channels(self) -> int:
-        return self.system.channels
+        return self.mapping.channels
 
     def play(self, patterns: np.ndarray) -> np.ndarray:
         """The bench's trace ``[B, samples]`` of ``patterns`` ``[B, channels]`` (drive units)."""
@@ -49,18 +54,26 @@ class EmulatedRig:
         return self.play(mask[None, :])[0]
 
 
+def system_table(name: str, config: str | Path | None = None) -> dict[str, Any]:
+    """The ``[systems.NAME]`` table of ``config`` (default ``rigs.toml``)."""
+    path = Path(config or RIGS)
+    with path.open("rb") as f:
+        systems = tomllib.load(f).get("systems", {})
+    if name not in systems:
+        raise KeyError(f"no system {name!r} in {path}; systems: {sorted(systems)}")
+    return systems[name]
+
+
 def load_rig(name: str, config: str | Path | None = None, seed: int = 0,
              timing: str = "fast") -> EmulatedRig:
     """System ``name`` of ``config`` (default ``rigs.toml``) on a fresh bench seeded ``seed``."""
-    system = load_config(config or RIGS).systems.get(name)
-    if system is None:
-        raise KeyError(f"no system {name!r} in {config or RIGS}")
-    options = {k: v for k, v in (system.bench or {}).items() if k not in ("seed", "timing")}
-    if system.kind in BENCHES:
-        bench_cls, physics = _load(BENCHES[system.kind]), system.physics
-    else:
-        print(f"emulator: no simulated bench for kind {system.kind!r} yet; using loopback",
+    table = system_table(name, config)
+    kind, mapping = table["kind"], Mapping.from_table(table)
+    options = {k: v for k, v in (table.get("bench") or {}).items() if k not in ("seed", "timing")}
+    physics = table.get("physics", {})
+    if "type" not in options and kind not in plugins.registered("bench"):
+        print(f"emulator: no simulated bench registered for kind {kind!r}; using loopback",
               file=sys.stderr)
-        bench_cls, physics, options = _load(BENCHES["loopback"]), {}, {}
-    bench = bench_cls(mapping=system, physics=physics, seed=seed, timing=timing, **options)
-    return EmulatedRig(name, system, bench)
+        options, physics = {"type": "loopback"}, {}
+    bench = build_bench(kind, mapping, physics, {**options, "seed": seed, "timing": timing})
+    return EmulatedRig(name, kind, mapping, bench)

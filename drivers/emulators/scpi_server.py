@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     name = args.system or args.rig or "oscillator"
     rig = load_rig(name, args.config, args.seed, args.timing)
-    fronts = (args.front or DEFAULT_FRONTS.get(rig.system.kind, "awg,scope")).split(",")
+    fronts = (args.front or DEFAULT_FRONTS.get(rig.kind, "awg,scope")).split(",")
     emulators = Emulators(rig, fronts, args.host, args.port)
     stop = threading.Event()
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGUSR2, lambda *_: emulators.drop())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(json.dumps({"rig": name, "kind": rig.system.kind, "bench": type(rig.bench).__name__,
+    print(json.dumps({"rig": name, "kind": rig.kind, "bench": type(rig.bench).__name__,
                       "pid": os.getpid(), **emulators.addresses}), flush=True)
     while not stop.wait(0.2):
         pass

@@ -178,6 +178,11 @@ class Mapping(BaseModel):
         self.encoding.control_dim(self.input_dim, self.param_dim)
         return self
 
+    @classmethod
+    def from_table(cls, table: dict[str, Any]) -> Mapping:
+        """The mapping of a system's table or ``describe`` reply (its other keys ignored)."""
+        return cls.model_validate({k: table[k] for k in cls.model_fields if k in table})
+
     def drive_span(self) -> tuple[float, float]:
         """Smallest and largest drive value the configured ranges can produce (drive units)."""
         (xl, xh), (tl, th) = self.input_range, self.param_range

@@ -64,9 +64,11 @@ def stop_with_parent(stop: Callable[[], None], parent: int,
 
 def run(args: argparse.Namespace) -> int:
     from labd.daemon.server import Daemon, InsecureBind
+    from labd.daemon.system import build_systems
 
-    try:
+    try:  # everything built before anything is bound or recorded: no half-started daemon
         config = load_config(args.config)
+        systems = build_systems(config)
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         except (StoreError, SchemaError, OSError) as exc:
             log.error("cannot open the measurement store %s: %s", config.store.path, exc)
             return 2
-    daemon = Daemon(config, store)
+    daemon = Daemon(config, store, systems)
     try:
         daemon.bind()
     except zmq.ZMQError as exc:

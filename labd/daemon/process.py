@@ -30,20 +30,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class DaemonStartError(RuntimeError):
+    """The daemon exited during start-up (its log on stderr says why) or never answered."""
+
+
 def wait_ready(endpoint: str, timeout_s: float, proc: subprocess.Popen | None = None,
                curve: dict[str, bytes] | None = None) -> None:
-    """Block until the daemon at ``endpoint`` answers ``hello``; raise ``RuntimeError`` else."""
+    """Block until the daemon at ``endpoint`` answers ``hello``; ``DaemonStartError`` else."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"labd serve exited with code {proc.returncode} during start-up")
+            raise DaemonStartError(f"labd serve exited with code {proc.returncode} during "
+                                   f"start-up (its messages above say why)")
         with LabClient(endpoint, timeout_s=0.2, retries=0, curve=curve) as client:
             try:
                 client.hello()
                 return
             except ReplyTimeout:
                 continue
-    raise RuntimeError(f"labd at {endpoint} did not answer within {timeout_s} s")
+    raise DaemonStartError(f"labd at {endpoint} did not answer within {timeout_s} s")
 
 
 class LocalDaemon:

@@ -38,7 +38,7 @@ from labd import __version__
 from labd.config import DaemonConfig
 from labd.daemon.auth import AllowList, Authenticator, is_loopback, load_server_keys
 from labd.daemon.recording import SequenceCounter, package_versions
-from labd.daemon.system import PhysicalSystem, SystemFault
+from labd.daemon.system import PhysicalSystem, SystemFault, build_systems
 from labd.daemon.worker import Job, SystemWorker, finish_job, measure_job
 from labd.store.reader import StoreReader
 from labd.store.writer import Store
@@ -98,15 +98,16 @@ class ReplyCache:
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig, store: Store | None = None) -> None:
+    def __init__(self, config: DaemonConfig, store: Store | None = None,
+                 systems: dict[str, PhysicalSystem] | None = None) -> None:
+        """``systems``: ``build_systems(config)``'s, when the caller built them already."""
         self.config = config
         self.store = store
         self.started = time.monotonic()
         self.context = zmq.Context()
         self._stop = threading.Event()
         self.sequence = SequenceCounter(store.next_seq() if store else 0)
-        self.systems = {name: PhysicalSystem.from_config(name, cfg)
-                        for name, cfg in config.systems.items()}
+        self.systems = build_systems(config) if systems is None else systems
         self.workers: dict[str, SystemWorker] = {}
         self.inline_counts: dict[str, list[int]] = {}  # name -> [served, errors]
         self._inflight: set[tuple[str, str]] = set()

@@ -14,6 +14,12 @@ implements, for a validated request:
 
 A driver exception becomes ``SystemFault`` (with ``retryable``); the daemon then closes and
 reopens the instruments before the next request.
+
+``build_systems(config)`` makes every system of a configuration without opening anything (the
+classes its tables name, checked against their interfaces and signatures, see
+``drivers.rig``; the nominal model's name), or raises ``ConfigError`` listing every problem of
+every system: what ``labd serve`` does before it binds or records anything, and what ``labd
+config --check`` reports.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from drivers import plugins
 from drivers.base import Detector, Drive, InstrumentError, LimitError, span
-from drivers.registry import build_rig
-from labd.config import SystemConfig
+from drivers.plugins import PluginError
+from drivers.rig import RigError, build_rig
+from labd.config import ConfigError, DaemonConfig, SystemConfig
 from protocols.v1 import ErrorCode, ProtocolError
 
 
@@ -40,35 +48,62 @@ class SystemFault(Exception):
         self.retryable = retryable
 
 
+def nominal_spec(config: SystemConfig) -> dict[str, str | None] | None:
+    """What ``describe`` tells of the system's nominal model (``drivers.plugins.spec``; nothing
+    imported), or None: ``nominal = ""``, or not set and no model registered for the kind."""
+    name = config.nominal
+    if name is None:
+        name = config.kind if config.kind in plugins.registered("physics") else ""
+    return plugins.spec("physics", name) if name else None
+
+
 class PhysicalSystem:
-    def __init__(self, name: str, config: SystemConfig, drive: Drive, detector: Detector) -> None:
+    def __init__(self, name: str, config: SystemConfig, drive: Drive, detector: Detector,
+                 nominal: dict[str, str | None] | None = None) -> None:
         self.name = name
         self.config = config
+        self.mapping = config.mapping
         self.drive = drive
         self.detector = detector
+        self.nominal = nominal
         self.chunk = min(config.max_batch, drive.max_shots or config.max_batch)
 
     @classmethod
     def from_config(cls, name: str, config: SystemConfig) -> PhysicalSystem:
-        drive, detector = build_rig(
-            name, config.kind, config, config.physics, config.bench,
-            config.drive.model_dump(), config.detector.model_dump())
-        return cls(name, config, drive, detector)
+        """The system, built and not opened; ``RigError`` lists every problem found."""
+        problems = []
+        try:
+            nominal = nominal_spec(config)
+        except PluginError as exc:
+            nominal, problems = None, [f"nominal: {exc}"]
+        try:
+            drive, detector = build_rig(
+                name, config.kind, config.mapping, config.physics, config.bench,
+                config.drive.model_dump(), config.detector.model_dump())
+        except RigError as exc:
+            problems += exc.problems
+        if problems:
+            raise RigError(problems)
+        return cls(name, config, drive, detector, nominal)
 
     @property
     def simulated(self) -> bool:
         return self.config.bench is not None
 
     def describe(self) -> dict[str, Any]:
-        """The ``describe`` reply's ``system`` object (never any hidden parameter)."""
-        c = self.config
+        """The ``describe`` reply's ``system`` object (never any hidden parameter).
+
+        ``nominal``: the nominal model (``model``: its name or class path, ``target``: the
+        class, ``distribution``: the installed package it comes from) or null, for the trainer
+        (``drivers.physics.nominal``)."""
+        c, m = self.config, self.mapping
         return {
             "name": self.name, "kind": c.kind, "description": c.description,
-            "input_dim": c.input_dim, "param_dim": c.param_dim, "output_dim": c.output_dim,
-            "input_range": list(c.input_range), "param_range": list(c.param_range),
+            "input_dim": m.input_dim, "param_dim": m.param_dim, "output_dim": m.output_dim,
+            "input_range": list(m.input_range), "param_range": list(m.param_range),
             "max_batch": c.max_batch, "simulated": self.simulated,
-            "encoding": c.encoding.model_dump(), "decoding": c.decoding.model_dump(),
-            "physics": dict(c.physics),
+            "encoding": m.encoding.model_dump(), "decoding": m.decoding.model_dump(),
+            "physics": dict(c.physics), "nominal": self.nominal,
             "instruments": {"drive": c.drive.driver, "detector": c.detector.driver},
         }
 
@@ -84,7 +119,7 @@ class PhysicalSystem:
 
     def check(self, x: np.ndarray, theta: np.ndarray) -> None:
         """Raise ``ProtocolError`` unless ``x`` and ``theta`` fit this system."""
-        c = self.config
+        c = self.mapping
         if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != c.input_dim:
             raise ProtocolError(ErrorCode.BAD_ARRAY,
                                 f"x must be float32 [B, {c.input_dim}] for system {self.name!r}, "
@@ -121,7 +156,7 @@ class PhysicalSystem:
         batch = x.shape[0]
         if batch <= self.chunk:  # the common case: the decoded trace itself, no copy
             return self._measure_chunk(x, theta, meanwhile)
-        y = np.empty((batch, self.config.output_dim), dtype=np.float32)
+        y = np.empty((batch, self.mapping.output_dim), dtype=np.float32)
         spent = 0.0
         for start in range(0, batch, self.chunk):
             stop = min(start + self.chunk, batch)
@@ -135,7 +170,7 @@ class PhysicalSystem:
                        meanwhile: Callable[[], None] | None = None
                        ) -> tuple[np.ndarray, float]:
         """One instrument cycle (at most ``chunk`` rows): ``y`` and the instrument seconds."""
-        patterns = self.config.encode(x, theta)
+        patterns = self.mapping.encode(x, theta)
         began = time.perf_counter()
         with _driver_faults():
             self.detector.arm(x.shape[0])
@@ -149,7 +184,7 @@ class PhysicalSystem:
         if trace.shape != expected:
             raise SystemFault(f"{self.detector.name} returned shape {list(trace.shape)}, "
                               f"expected {list(expected)}", True)
-        y = np.ascontiguousarray(self.config.decode(trace), dtype=np.float32)
+        y = np.ascontiguousarray(self.mapping.decode(trace), dtype=np.float32)
         if math.isnan(span(y)[0]):  # NaN or inf in y (checked as sent: float32)
             raise SystemFault(f"{self.detector.name} returned non-finite values", True)
         return y, spent
@@ -166,3 +201,26 @@ def _driver_faults() -> Iterator[None]:
         raise SystemFault(str(exc), exc.retryable) from exc
     except Exception as exc:
         raise SystemFault(f"{type(exc).__name__} in driver: {exc}", True) from exc
+
+
+def try_build(config: DaemonConfig) -> tuple[dict[str, PhysicalSystem], list[str]]:
+    """The systems of ``config`` that build (not opened), and every problem of the others
+    (``systems.NAME.TABLE: ...``)."""
+    systems: dict[str, PhysicalSystem] = {}
+    problems: list[str] = []
+    for name, system in config.systems.items():
+        try:
+            systems[name] = PhysicalSystem.from_config(name, system)
+        except RigError as exc:
+            problems += [f"systems.{name}.{p}" for p in exc.problems]
+    return systems, problems
+
+
+def build_systems(config: DaemonConfig) -> dict[str, PhysicalSystem]:
+    """Every system of ``config``, built and not opened; ``ConfigError`` lists every problem of
+    every system, one per line."""
+    systems, problems = try_build(config)
+    if problems:
+        raise ConfigError("\n  ".join(["the configuration's systems cannot be built:",
+                                        *problems]))
+    return systems

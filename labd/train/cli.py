@@ -6,16 +6,17 @@ Each command has ``add_*_arguments(parser)`` and a function taking the parsed
 
 * ``labd train (--task vowels|mnist | --data FILE.csv) --system NAME
   --mode pat|insilico|twin|bypass
-  [--endpoint E ...] [--seed N] --out DIR [--epochs N] [--resume]``
-* ``labd twin collect --system S --out FILE.npz [--endpoint E] [--samples N] [--repeats R]``
+  [--endpoint E ... | --config FILE] [--seed N] --out DIR [--epochs N] [--resume]``
+* ``labd twin collect --system S --out FILE.npz [--endpoint E | --config FILE] [--samples N]
+  [--repeats R]``
 * ``labd twin fit (--data FILE.npz | --from-store STORE --system S) --out TWIN.pt
   [--family mlp|residual]``
 * ``labd reproduce [--quick] [--json PATH] [--out DIR] [--seeds N] [--only T:S:M ...]``,
   ``labd reproduce --combine PART.json ... --json PATH``
 * ``labd demo [--out DIR]``
 
-Without ``--endpoint`` a local daemon with the embedded default configuration runs for the
-command's duration.
+Without ``--endpoint`` a local daemon runs for the command's duration, on ``--config FILE``
+(``train``, ``twin collect``) or the embedded default configuration.
 
 Expected failures (bad data, a missing file, a daemon that cannot be reached or refuses a
 request) end the command with one line naming what failed and what to do, exit code
@@ -32,13 +33,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from drivers.plugins import PluginError
 from labd.client import LabError, ReplyTimeout
+from labd.config import ConfigError
+from labd.daemon.process import DaemonStartError
 from labd.train.datasets import DataError
 
 log = logging.getLogger("labd.train")
 
 #: Failures of normal use: reported in one line, not as a traceback.
-EXPECTED = (LabError, DataError, OSError)
+EXPECTED = (LabError, DataError, OSError, ConfigError, PluginError, DaemonStartError)
 
 
 def _failed(command: str, exc: Exception, then: str = "") -> int:
@@ -52,7 +56,7 @@ def _failed(command: str, exc: Exception, then: str = "") -> int:
     else:
         what = str(exc)
     print(f"labd {command}: {what}{then}")
-    return 2 if isinstance(exc, DataError) else 1
+    return 2 if isinstance(exc, DataError | ConfigError) else 1
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,9 +70,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "(physical layers replaced by fixed window means); "
                         "insilico: nominal model, then "
                         "evaluated on the hardware; twin: twin-trained, evaluated on hardware")
-    p.add_argument("--endpoint", action="append", metavar="E",
-                   help="daemon control endpoint; repeat to spread layers over daemons "
-                        "(layer i on endpoint i mod n). Default: start a local daemon")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--endpoint", action="append", metavar="E",
+                       help="daemon control endpoint; repeat to spread layers over daemons "
+                            "(layer i on endpoint i mod n). Default: start a local daemon")
+    where.add_argument("--config", metavar="FILE",
+                       help="start the local daemon on this configuration (default: the "
+                            "embedded one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, metavar="DIR", help="run folder")
     p.add_argument("--epochs", type=int, help="override the design's number of epochs")
@@ -88,16 +96,18 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def train(args: argparse.Namespace) -> int:
+    from drivers.physics.nominal import NoNominalModel
     from labd.train.run import run_training
 
     try:
         summary = run_training(task=args.task, data=args.data, system=args.system,
                                mode=args.mode, out=args.out, endpoints=args.endpoint,
+                               config=args.config,
                                seed=args.seed, epochs=args.epochs, resume=args.resume,
                                mnist_dir=args.mnist_dir, twin_path=args.twin,
                                backward=args.backward, refine=args.refine_twin,
                                progress=not args.no_progress, pipeline=not args.no_pipeline)
-    except EXPECTED as exc:
+    except (*EXPECTED, NoNominalModel) as exc:
         return _failed("train", exc, f"; {args.out} keeps every finished epoch: run the same "
                        f"command with --resume to continue" if Path(args.out).exists() else "")
     print(json.dumps({k: summary[k] for k in ("task", "system", "mode", "seed",
@@ -109,7 +119,11 @@ def train(args: argparse.Namespace) -> int:
 def add_twin_collect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", required=True)
     p.add_argument("--out", required=True, metavar="FILE.npz", help="measurements file")
-    p.add_argument("--endpoint", help="daemon endpoint (default: start a local daemon)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--endpoint", help="daemon endpoint (default: start a local daemon)")
+    where.add_argument("--config", metavar="FILE",
+                       help="start the local daemon on this configuration (default: the "
+                            "embedded one)")
     p.add_argument("--samples", type=int, default=20000, help="random (x, theta) points")
     p.add_argument("--repeats", type=int, default=2, help="shots per point, averaged")
     p.add_argument("--seed", type=int, default=0)
@@ -121,7 +135,7 @@ def twin_collect(args: argparse.Namespace) -> int:
     from labd.train.twins import collect
 
     try:
-        with daemon_endpoints([args.endpoint] if args.endpoint else None) as eps, \
+        with daemon_endpoints([args.endpoint] if args.endpoint else None, args.config) as eps, \
                 Connections() as conns:
             hw = conns.hardware(eps[0], args.system)
             data = collect(hw, args.samples, args.repeats, seed=args.seed)

@@ -2,9 +2,9 @@
 
 ``run_training(...)`` (what ``labd train`` calls):
 
-1. starts a ``LocalDaemon`` with the embedded default configuration when no endpoint is given
-   (stopped at the end), else connects to the given endpoint(s): layer ``i`` lives on
-   ``endpoints[i % len(endpoints)]``;
+1. starts a ``LocalDaemon`` on ``config`` (default: the embedded configuration) when no
+   endpoint is given (stopped at the end), else connects to the given endpoint(s): layer
+   ``i`` lives on ``endpoints[i % len(endpoints)]``;
 2. loads the task's data (``vowels``, ``mnist`` or a CSV);
 3. gets each device's digital model: the nominal model (``insilico``, or ``pat`` with
    ``backward="nominal"``; also, unused, ``bypass``: the digital-only baseline whose physical
@@ -61,22 +61,26 @@ BYPASS_NOTE = ("nothing physical: the same digital parts with each physical laye
 
 
 @contextlib.contextmanager
-def daemon_endpoints(endpoints: list[str] | None) -> Iterator[list[str]]:
-    """The given endpoints, or one local daemon's for the duration of the block."""
+def daemon_endpoints(endpoints: list[str] | None,
+                     config: str | Path | None = None) -> Iterator[list[str]]:
+    """The given endpoints, or one local daemon's for the duration of the block (on
+    ``config``, default the embedded configuration; the file is loaded here first, which
+    also puts its plugin folders on this process's path for its nominal models)."""
     if endpoints:
         yield list(endpoints)
         return
+    from labd.config import load_config
     from labd.daemon.process import LocalDaemon
 
-    with LocalDaemon() as daemon:
+    if config is not None:
+        load_config(config)
+    with LocalDaemon(config=config) as daemon:
         yield [daemon.endpoint]
 
 
 def twin_family(description: dict[str, Any]) -> str:
-    """``residual`` when the system's kind has a nominal model, else ``mlp``."""
-    from drivers.physics.nominal import PHYSICS
-
-    return "residual" if description["kind"] in PHYSICS else "mlp"
+    """``residual`` when the system has a nominal model, else ``mlp``."""
+    return "residual" if description.get("nominal") else "mlp"
 
 
 def get_twin(hardware: Hardware, arch: Arch, folder: Path, tag: str, seed: int,
@@ -104,7 +108,8 @@ def get_twin(hardware: Hardware, arch: Arch, folder: Path, tag: str, seed: int,
 
 
 def run_training(*, task: str | None = None, data: str | Path | None = None, system: str,
-                 mode: str, out: str | Path, endpoints: list[str] | None = None, seed: int = 0,
+                 mode: str, out: str | Path, endpoints: list[str] | None = None,
+                 config: str | Path | None = None, seed: int = 0,
                  epochs: int | None = None, resume: bool = False,
                  mnist_dir: str | Path | None = None, subset: tuple[int, int] | None = None,
                  twin_path: str | Path | None = None, backward: str = "twin",
@@ -127,7 +132,7 @@ def run_training(*, task: str | None = None, data: str | Path | None = None, sys
     task_name = task or dataset.name
     arch = arch or default_arch(task_name, system, epochs=epochs)
     refine = arch.refine if refine is None else refine
-    with daemon_endpoints(endpoints) as eps, Connections() as conns:
+    with daemon_endpoints(endpoints, config) as eps, Connections() as conns:
         hardware: dict[tuple[str, str], Hardware] = {}
         models: dict[tuple[str, str], nn.Module] = {}
         twin_reports: dict[str, Any] = {}

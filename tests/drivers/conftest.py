@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from drivers.physics.encoding import Mapping
+from drivers import plugins
 from drivers.physics.nominal import nominal_model
-from drivers.registry import build_rig
+from drivers.rig import build_rig
 from labd.config import SystemConfig, load_config
 
 
@@ -36,13 +36,26 @@ def sim_gaps() -> tuple[Callable[..., float], Callable[..., float]]:
     return _gap, _spread_gap
 
 
+class SimSystem:
+    """A system of the embedded default: its config's fields, and its mapping's (``encode``,
+    ``input_dim``...) at hand."""
+
+    def __init__(self, config: SystemConfig) -> None:
+        self.config = config
+
+    def __getattr__(self, name: str) -> Any:
+        if hasattr(self.config, name):
+            return getattr(self.config, name)
+        return getattr(self.config.mapping, name)
+
+
 @pytest.fixture
-def sim_system() -> Callable[[str], SystemConfig]:
-    return lambda name: load_config().systems[name]
+def sim_system() -> Callable[[str], SimSystem]:
+    return lambda name: SimSystem(load_config().systems[name])
 
 
-def _rig(system: SystemConfig, name: str, **bench: Any) -> tuple[Any, Any]:
-    drive, detector = build_rig(name, system.kind, system, system.physics,
+def _rig(system: SimSystem, name: str, **bench: Any) -> tuple[Any, Any]:
+    drive, detector = build_rig(name, system.kind, system.mapping, system.physics,
                                 {**(system.bench or {}), **bench},
                                 {"driver": system.drive.driver, **system.drive.options},
                                 {"driver": system.detector.driver, **system.detector.options})
@@ -70,17 +83,17 @@ def sim_measure() -> Callable[[tuple[Any, Any], np.ndarray], np.ndarray]:
     return _measure
 
 
-def describe(system: SystemConfig) -> dict[str, Any]:
+def describe(system: SimSystem) -> dict[str, Any]:
     """What the daemon's ``describe`` tells the trainer of a system (no hidden parameters)."""
     return {"kind": system.kind, "physics": system.physics,
-            **system.model_dump(include=set(Mapping.model_fields))}
+            "nominal": plugins.spec("physics", system.kind), **system.mapping.model_dump()}
 
 
 @pytest.fixture
-def sim_nominal() -> Callable[[SystemConfig, np.ndarray, np.ndarray], np.ndarray]:
+def sim_nominal() -> Callable[[SimSystem, np.ndarray, np.ndarray], np.ndarray]:
     """``sim_nominal(system, x, theta)``: the nominal model's y, as numpy."""
 
-    def run(system: SystemConfig, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    def run(system: SimSystem, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
         model = nominal_model(describe(system))
         with torch.no_grad():
             return model(torch.from_numpy(x), torch.from_numpy(theta)).numpy()
