@@ -307,3 +307,18 @@ def test_a_name_two_distributions_register_is_refused(labd, distribution, write)
     assert "labd.drivers entry point 'sim.dac' = 'other_rig:DAC' (distribution other-rig 1.0)" \
         in out
     assert out.rstrip().endswith("Uninstall one of these distributions")
+
+
+def test_train_on_a_config_whose_system_has_no_nominal_model(write, tmp_path):
+    """`labd train --config` starts its daemon on the user's file; in silico needs a nominal
+    model, and its absence is one clear line, not a traceback."""
+    config = write(system("bare", extra='nominal = ""'))
+    data = write("f0,f1,label\n" + "".join(f"{i % 7 / 7},{i % 5 / 5},{i % 2}\n"
+                                           for i in range(40)), "data.csv")
+    done = subprocess.run(
+        [sys.executable, "-m", "labd", "train", "--config", str(config), "--data", str(data),
+         "--system", "bare", "--mode", "insilico", "--epochs", "1", "--out",
+         str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "labd train: system 'bare' (kind 'loopback') has no nominal model" in done.stderr
+    assert "Traceback" not in done.stderr
