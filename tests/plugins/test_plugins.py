@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,8 @@ from labd.config import ConfigError, default_config_text, load_config
 from labd.daemon.process import LocalDaemon, free_port
 from labd.daemon.system import build_systems
 from tests.plugins.conftest import system
+
+ROOT = Path(__file__).parents[2]
 
 BASES = {"labd.drivers": (Drive, Detector), "labd.benches": (Bench,),
          "labd.physics": (torch.nn.Module,)}
@@ -322,3 +325,38 @@ def test_train_on_a_config_whose_system_has_no_nominal_model(write, tmp_path):
     assert done.returncode == 1, done.stderr
     assert "labd train: system 'bare' (kind 'loopback') has no nominal model" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_driver_template_checks_by_its_path_without_opening_anything(labd, write):
+    """The guide's template (real SCPI drivers) named by path from examples/: built, its
+    options checked, nothing connected (the addresses lead nowhere)."""
+    examples = ROOT / "examples"
+    text = f"""
+        [plugins]
+        path = ["{examples}"]
+
+        [systems.acme]
+        kind = "acme"
+        input_dim = 4
+        param_dim = 4
+        output_dim = 4
+        input_range = [-1.0, 1.0]
+        param_range = [-1.0, 1.0]
+        encoding = {{ layout = "add", hold = 8 }}
+        decoding = {{ reduce = "rms" }}
+        [systems.acme.drive]
+        driver = "driver_template:TemplateSource"
+        resource = "TCPIP::192.0.2.1::5025::SOCKET"
+        [systems.acme.detector]
+        driver = "driver_template:TemplateDigitiser"
+        resource = "TCPIP::192.0.2.2::5025::SOCKET"
+        samples = 32
+    """
+    code, out = labd("config", "--check", str(write(text)))
+    assert code == 0, out
+    assert ("acme: acme, x 4 -> y 4, theta 4, drive driver_template:TemplateSource (limits "
+            "[-2.0, 2.0]), detector driver_template:TemplateDigitiser (32 samples), nominal "
+            "model none") in out
+    code, out = labd("config", "--check", str(write(text.replace("samples = 32", ""))))
+    assert code == 0, out  # samples default to the drive's channels: 4 x 8
+    assert "(32 samples)" in out
