@@ -44,8 +44,8 @@ def _made(label: str, cls: type, kwargs: dict[str, Any]) -> Any:
     try:
         return cls(**kwargs)
     except Exception as exc:
-        raise PluginError(f"{label} ({cls.__module__}:{cls.__qualname__}) refused its "
-                          f"options: {type(exc).__name__}: {exc}") from exc
+        raise PluginError(f"{label} ({cls.__module__}:{cls.__qualname__}) cannot be made: "
+                          f"{type(exc).__name__}: {exc}") from exc
 
 
 def build_bench(kind: str, mapping: Mapping, physics: dict[str, Any],

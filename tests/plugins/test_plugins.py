@@ -322,9 +322,9 @@ def test_train_on_a_config_whose_system_has_no_nominal_model(write, tmp_path):
         [sys.executable, "-m", "labd", "train", "--config", str(config), "--data", str(data),
          "--system", "bare", "--mode", "insilico", "--epochs", "1", "--out",
          str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1, done.stderr
-    assert "labd train: system 'bare' (kind 'loopback') has no nominal model" in done.stderr
-    assert "Traceback" not in done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "labd train: system 'bare' (kind 'loopback') has no nominal model" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
 
 
 def test_the_driver_template_checks_by_its_path_without_opening_anything(labd, write):
