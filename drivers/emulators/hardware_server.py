@@ -28,19 +28,18 @@ import json
 import os
 import signal
 import threading
-from pathlib import Path
 from typing import Any
 
 from drivers.emulators.bus import serve
 from drivers.emulators.hardware import Clock, DaqCard, FlameSpectrometer, MaskLog, SoundCard
 from drivers.emulators.pty_server import PtyServer, ShaperModel
-from drivers.emulators.rig import EmulatedRig, load_rig
-from labd.config import SystemConfig, load_config
+from drivers.emulators.rig import EmulatedRig, load_rig, systems_of
 
 
-def _options(system: SystemConfig) -> tuple[str, dict[str, Any], str, dict[str, Any]]:
-    return (system.drive.driver, system.drive.options,
-            system.detector.driver, system.detector.options)
+def _options(system: dict[str, Any]) -> tuple[str, dict[str, Any], str, dict[str, Any]]:
+    """The drive's and detector's driver names and options, from a system's table."""
+    drive, detector = dict(system["drive"]), dict(system["detector"])
+    return drive.pop("driver"), drive, detector.pop("driver"), detector
 
 
 def _channel(option: str) -> tuple[str, str]:
@@ -52,7 +51,7 @@ def _channel(option: str) -> tuple[str, str]:
 def build(rig: EmulatedRig, clock: Clock) -> tuple[dict[str, Any], dict[str, PtyServer]]:
     """The devices the rig's drivers talk to (bus name -> device) and any pty instruments
     started beside them (name -> server; ``server.path`` is the port to open)."""
-    drive, drive_opts, detector, detector_opts = _options(rig.system)
+    drive, drive_opts, detector, detector_opts = _options(rig.table)
     devices: dict[str, Any] = {}
     ptys: dict[str, PtyServer] = {}
     if drive.startswith("nidaqmx.") or detector.startswith("nidaqmx."):
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="hardware clock speed over wall time (default 1: real time)")
     p.add_argument("--bus", help="path of the bus socket (default: a fresh private one)")
     args = p.parse_args(argv)
-    systems = load_config(Path(args.config)).systems
+    systems = systems_of(args.config)
     name = args.system or (next(iter(systems)) if len(systems) == 1 else None)
     if name is None:
         p.error(f"--system is needed: the configuration has {sorted(systems)}")

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from labd.config import load_config
+from drivers.emulators.rig import systems_of
 
 VENDOR = Path(__file__).with_name("vendor")
 
@@ -51,9 +51,9 @@ def rehearsal_config(config: str | Path, info: dict[str, Any], out: str | Path) 
     """A copy of ``config`` at ``out`` whose pulse shaper's ``port`` is the emulator's pty."""
     text = Path(config).read_text()
     if "shaper" in info:
-        for system in load_config(config).systems.values():
-            port = system.drive.options.get("port")
-            if system.drive.driver == "serial.pulse_shaper" and port:
+        for system in systems_of(config).values():
+            port = system["drive"].get("port")
+            if system["drive"].get("driver") == "serial.pulse_shaper" and port:
                 text = text.replace(f'port = "{port}"', f'port = "{info["shaper"]}"')
     out = Path(out)
     out.write_text(text)

@@ -34,6 +34,9 @@ class EmulatedRig:
     kind: str
     mapping: Mapping
     bench: Bench
+    #: The system's ``[systems.NAME]`` table as read (its ``drive`` and ``detector`` tables
+    #: tell the emulators how the rig is wired).
+    table: dict[str, Any]
     #: The pattern a one-pattern drive (pulse shaper) currently holds, ``[channels]``.
     mask: np.ndarray | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -54,13 +57,17 @@ class EmulatedRig:
         return self.play(mask[None, :])[0]
 
 
+def systems_of(config: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """The ``[systems.NAME]`` tables of ``config`` (default ``rigs.toml``), by name."""
+    with Path(config or RIGS).open("rb") as f:
+        return tomllib.load(f).get("systems", {})
+
+
 def system_table(name: str, config: str | Path | None = None) -> dict[str, Any]:
     """The ``[systems.NAME]`` table of ``config`` (default ``rigs.toml``)."""
-    path = Path(config or RIGS)
-    with path.open("rb") as f:
-        systems = tomllib.load(f).get("systems", {})
+    systems = systems_of(config)
     if name not in systems:
-        raise KeyError(f"no system {name!r} in {path}; systems: {sorted(systems)}")
+        raise KeyError(f"no system {name!r} in {config or RIGS}; systems: {sorted(systems)}")
     return systems[name]
 
 
@@ -76,4 +83,4 @@ def load_rig(name: str, config: str | Path | None = None, seed: int = 0,
               file=sys.stderr)
         options, physics = {"type": "loopback"}, {}
     bench = build_bench(kind, mapping, physics, {**options, "seed": seed, "timing": timing})
-    return EmulatedRig(name, kind, mapping, bench)
+    return EmulatedRig(name, kind, mapping, bench, table)

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from configured import ConfiguredSystem, configured
 
 from drivers import plugins
 from drivers.physics.nominal import nominal_model
 from drivers.rig import build_rig
-from labd.config import SystemConfig, load_config
 
 
 def _gap(y_sim: np.ndarray, y_nom: np.ndarray) -> float:
@@ -36,25 +36,12 @@ def sim_gaps() -> tuple[Callable[..., float], Callable[..., float]]:
     return _gap, _spread_gap
 
 
-class SimSystem:
-    """A system of the embedded default: its config's fields, and its mapping's (``encode``,
-    ``input_dim``...) at hand."""
-
-    def __init__(self, config: SystemConfig) -> None:
-        self.config = config
-
-    def __getattr__(self, name: str) -> Any:
-        if hasattr(self.config, name):
-            return getattr(self.config, name)
-        return getattr(self.config.mapping, name)
-
-
 @pytest.fixture
-def sim_system() -> Callable[[str], SimSystem]:
-    return lambda name: SimSystem(load_config().systems[name])
+def sim_system() -> Callable[[str], ConfiguredSystem]:
+    return lambda name: configured(None, name)
 
 
-def _rig(system: SimSystem, name: str, **bench: Any) -> tuple[Any, Any]:
+def _rig(system: ConfiguredSystem, name: str, **bench: Any) -> tuple[Any, Any]:
     drive, detector = build_rig(name, system.kind, system.mapping, system.physics,
                                 {**(system.bench or {}), **bench},
                                 {"driver": system.drive.driver, **system.drive.options},
@@ -83,17 +70,17 @@ def sim_measure() -> Callable[[tuple[Any, Any], np.ndarray], np.ndarray]:
     return _measure
 
 
-def describe(system: SimSystem) -> dict[str, Any]:
+def describe(system: ConfiguredSystem) -> dict[str, Any]:
     """What the daemon's ``describe`` tells the trainer of a system (no hidden parameters)."""
     return {"kind": system.kind, "physics": system.physics,
             "nominal": plugins.spec("physics", system.kind), **system.mapping.model_dump()}
 
 
 @pytest.fixture
-def sim_nominal() -> Callable[[SimSystem, np.ndarray, np.ndarray], np.ndarray]:
+def sim_nominal() -> Callable[[ConfiguredSystem, np.ndarray, np.ndarray], np.ndarray]:
     """``sim_nominal(system, x, theta)``: the nominal model's y, as numpy."""
 
-    def run(system: SimSystem, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    def run(system: ConfiguredSystem, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
         model = nominal_model(describe(system))
         with torch.no_grad():
             return model(torch.from_numpy(x), torch.from_numpy(theta)).numpy()

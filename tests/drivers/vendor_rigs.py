@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from configured import ConfiguredSystem, configured
 
 from drivers.emulators.bus import ENV, Bus, serve
 from drivers.emulators.hardware import Clock
@@ -19,7 +20,6 @@ from drivers.emulators.hardware_server import build
 from drivers.emulators.rehearse import VENDOR
 from drivers.emulators.rig import load_rig
 from drivers.physics.nominal import nominal_model
-from labd.config import SystemConfig, load_config
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 LIBRARIES = ("nidaqmx", "sounddevice", "seabreeze")
@@ -72,8 +72,8 @@ def emulated(config: str | Path, system: str, speed: float = 50.0,
             pty.close()
 
 
-def system_of(config: str | Path, name: str) -> SystemConfig:
-    return load_config(config).systems[name]
+def system_of(config: str | Path, name: str) -> ConfiguredSystem:
+    return configured(config, name)
 
 
 def nominal_y(description: dict[str, Any], x: np.ndarray, theta: np.ndarray) -> np.ndarray:
