@@ -9,7 +9,8 @@ the error queue and marks the instrument open (closing it again if any step fail
 never raises; ``health()`` reports ``idn``, the address and ``reported``. A test runs this file
 against the expected-dialogue fake link (tests/drivers/test_driver_template.py).
 
-A configuration names these classes once they are registered (the guide's last section).
+A configuration names these classes by class path (``driver = "driver_template:TemplateSource"``,
+this folder as its ``[plugins] path``) or, packaged, by entry point (the guide's last section).
 """
 
 from __future__ import annotations
