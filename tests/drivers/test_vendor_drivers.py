@@ -4,6 +4,8 @@ install when the vendor library is missing."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -12,6 +14,7 @@ from vendor_rigs import EXAMPLES, emulated, fakes_imported, system_of
 
 from drivers.base import InstrumentError
 from drivers.daqmx.analog import DaqmxAI, DaqmxAO
+from drivers.emulators.rehearse import VENDOR
 from drivers.extras import MissingExtra
 from drivers.ocean.spectrometer import OceanSpectrometer
 from drivers.sound.card import SoundInput, SoundOutput, _Card
@@ -207,3 +210,26 @@ def test_sounddevice_without_portaudio_says_what_to_install():
     with pytest.raises(MissingExtra, match=r"sounddevice is installed but cannot load: "
                        r"PortAudio library not found\. Install PortAudio"):
         SoundOutput("p.drive", 4, (-1.0, 1.0), "Scarlett")
+
+
+@pytest.mark.parametrize(("example", "library", "extra"), [
+    ("plate-nidaq.toml", "nidaqmx", "nidaq"), ("plate-soundcard.toml", "sounddevice", "sound"),
+    ("shg-seabreeze.toml", "seabreeze", "seabreeze")])
+def test_config_check_names_the_extra_a_configuration_needs(example, library, extra):
+    """``labd config --check`` on a lab PC without the vendor library: one line per driver
+    naming the extra, no traceback, nothing opened; with the library (here: the fakes) the
+    example builds."""
+    check = ["config", "--check", str(EXAMPLES / example)]
+    hidden = (f"import sys; sys.modules[{library!r}] = None; from labd.cli import main; "
+              f"sys.exit(main({check!r}))")
+    run = subprocess.run([sys.executable, "-c", hidden], capture_output=True, text=True,
+                         timeout=120)
+    out = run.stdout + run.stderr
+    assert run.returncode == 2 and "Traceback" not in out
+    assert f"needs the Python package '{library}', which is not installed: " \
+           f"pip install 'labd[{extra}]'" in out
+    env = {**os.environ, "PYTHONPATH": str(VENDOR)}
+    run = subprocess.run([sys.executable, "-m", "labd", *check], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "OK (every system built; no instrument opened)" in run.stdout
