@@ -10,10 +10,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import zmq
 
-from labd.config import ConfigError, load_config
+from labd.commands.web import PageError, PageProcess, add_http_arguments
+from labd.config import ConfigError, DaemonConfig, load_config
+
+if TYPE_CHECKING:
+    from labd.daemon.system import PhysicalSystem
 
 log = logging.getLogger("labd.serve")
 
@@ -42,19 +47,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "`labd train` and the tests start their local daemons, so that a killed "
                         "trainer leaves no daemon behind); PID, if given, is that process's pid, "
                         "so that it is noticed even if it died while the daemon was starting")
+    add_http_arguments(p, None)
     p.set_defaults(func=run)
 
 
-def stop_with_parent(stop: Callable[[], None], parent: int,
-                     poll_s: float = 0.5) -> threading.Thread:
+def stop_with_parent(stop: Callable[[], None], parent: int, poll_s: float = 0.5,
+                     what: str = "daemon") -> threading.Thread:
     """Call ``stop`` once process ``parent`` is no longer this process's parent (it exited and
     this process was re-parented), at once if that happened already."""
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(poll_s)
-        log.warning("the process that started this daemon (pid %d) has exited; stopping",
-                    parent)
+        log.warning("the process that started this %s (pid %d) has exited; stopping",
+                    what, parent)
         stop()
 
     thread = threading.Thread(target=watch, name="labd-parent-watch", daemon=True)
@@ -63,7 +69,6 @@ def stop_with_parent(stop: Callable[[], None], parent: int,
 
 
 def run(args: argparse.Namespace) -> int:
-    from labd.daemon.server import Daemon, InsecureBind
     from labd.daemon.system import build_systems
 
     try:  # everything built before anything is bound or recorded: no half-started daemon
@@ -80,6 +85,24 @@ def run(args: argparse.Namespace) -> int:
         update={"insecure": True} if args.insecure else {})
     config = config.model_copy(update={"server": server, "store": store_config,
                                       "security": security})
+    page = None
+    try:
+        if args.http:  # the monitor page, a child process: docs/monitor.md
+            page = PageProcess(args, config)
+        return _serve(args, config, systems, page)
+    except PageError as exc:
+        log.error("%s", exc)
+        return 2
+    finally:
+        if page is not None:
+            page.stop()
+
+
+def _serve(args: argparse.Namespace, config: DaemonConfig,
+           systems: dict[str, PhysicalSystem], page: PageProcess | None) -> int:
+    """Run the daemon (``page``: its monitor, starting; bound only once the page listens)."""
+    from labd.daemon.server import Daemon, InsecureBind
+
     store = None
     if config.store.path:
         from labd.daemon.recording import open_store
@@ -91,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
             log.error("cannot open the measurement store %s: %s", config.store.path, exc)
             return 2
     daemon = Daemon(config, store, systems)
+    if page is not None:
+        page.wait_ready()
     try:
         daemon.bind()
     except zmq.ZMQError as exc:

@@ -17,6 +17,9 @@ Contract (protocol v1, see ``protocols/v1.py``):
 * A watchdog abandons an instrument call that hangs past the system's ``timeout_s``: the
   request is answered ``instrument_fault`` (retryable), the system is marked ``fault``, and a
   fresh worker with freshly opened instruments takes over its queue. The daemon never freezes.
+* Every forward is counted in its system's ``SystemStats`` (``labd.daemon.metrics``); the
+  ``monitor`` operation answers them with each system's state and queue (read-only, like
+  ``status``).
 * Clean shutdown (``stop()``, wired to SIGINT/SIGTERM): no new requests are read; queued
   requests are answered ``busy`` (retryable); the jobs in hand finish; drivers close.
 """
@@ -27,6 +30,7 @@ import contextlib
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -37,6 +41,7 @@ import zmq
 from labd import __version__
 from labd.config import DaemonConfig
 from labd.daemon.auth import AllowList, Authenticator, is_loopback, load_server_keys
+from labd.daemon.metrics import SystemStats
 from labd.daemon.recording import SequenceCounter, package_versions
 from labd.daemon.system import PhysicalSystem, SystemFault, build_systems
 from labd.daemon.worker import Job, SystemWorker, finish_job, measure_job
@@ -109,7 +114,10 @@ class Daemon:
         self.sequence = SequenceCounter(store.next_seq() if store else 0)
         self.systems = build_systems(config) if systems is None else systems
         self.workers: dict[str, SystemWorker] = {}
-        self.inline_counts: dict[str, list[int]] = {}  # name -> [served, errors]
+        self.inline: set[str] = set()  # systems measured on the server thread
+        self.stats = {name: SystemStats() for name in self.systems}
+        self.refused: dict[str, int] = {}  # error replies of the server thread, by code
+        self.started_at = time.time()
         self._inflight: set[tuple[str, str]] = set()
         self._cache = ReplyCache(config.server.reply_cache)
         self._server_keys: tuple[bytes, bytes] | None = None
@@ -170,17 +178,16 @@ class Daemon:
         for name, system in self.systems.items():
             if system.config.inline:
                 system.open()
-                self.inline_counts[name] = [0, 0]
+                self.inline.add(name)
             else:
                 jobs: queue.Queue = queue.Queue(system.config.queue_depth or server.queue_depth)
                 self._start_worker(system, jobs)
         log.info("serving %s on %s", ", ".join(self.systems), server.control)
 
     def _start_worker(self, system: PhysicalSystem, jobs: queue.Queue,
-                      counts: tuple[int, int] = (0, 0), faulted: bool = False) -> None:
+                      faulted: bool = False) -> None:
         worker = SystemWorker(system, self.context, PIPE_ENDPOINT, self.sequence,
-                              self.store, jobs)
-        worker.served, worker.errors = counts
+                              self.store, jobs, self.stats[system.name])
         worker.faulted = faulted
         self.systems[system.name] = system
         self.workers[system.name] = worker
@@ -202,11 +209,12 @@ class Daemon:
                        f"abandoned and the instruments are being reopened")
             log.error("%s", message)
             self._inflight.discard((job.client, job.request_id))
+            self.stats[name].fault(job.client)
             self._send(job.envelope, error_reply(job.request_id, ErrorCode.INSTRUMENT_FAULT,
                                                  message, retryable=True))
             self._publish("fault", {"system": name, "message": message, "retryable": True})
             fresh = PhysicalSystem.from_config(name, worker.system.config)
-            self._start_worker(fresh, worker.jobs, (worker.served, worker.errors + 1), True)
+            self._start_worker(fresh, worker.jobs, True)
 
     def stop(self) -> None:
         """Ask the loop to finish (safe from a signal handler or another thread)."""
@@ -269,7 +277,7 @@ class Daemon:
                 self._drain_pipe()
         self._drain_pipe()
         for name, system in self.systems.items():
-            if name in self.inline_counts:
+            if name in self.inline:
                 system.close()
         if self.store is not None:
             self.store.close()
@@ -336,6 +344,8 @@ class Daemon:
         try:
             reply = self._handle(envelope, self._client_name(frames), body)
         except ProtocolError as exc:
+            code = str(exc.code)
+            self.refused[code] = self.refused.get(code, 0) + 1
             reply = error_reply(exc.request_id, exc.code, exc.message, exc.retryable)
         except Exception as exc:
             log.exception("internal error on a request")
@@ -367,18 +377,26 @@ class Daemon:
                                   "max_message_bytes": limit})
         if op == "status":
             return ok_reply(rid, self.status())
+        if op == "monitor":
+            return self._monitor(rid, header, client)
         if op in ("describe", "forward"):
             system = self._system(header)
             allowed = system.config.clients
             if allowed is not None and client not in allowed:
                 log.warning("client %s refused %s on %s", client, op, system.name)
+                if op == "forward":
+                    self.stats[system.name].answered("unauthorized", client)
                 raise ProtocolError(ErrorCode.UNAUTHORIZED, f"client {client!r} may not use "
                                     f"system {system.name!r}", rid)
             if op == "describe":
                 return ok_reply(rid, {"system": system.describe()})
-            return self._forward(envelope, client, header, system, arrays)
+            try:
+                return self._forward(envelope, client, header, system, arrays)
+            except ProtocolError as exc:
+                self.stats[system.name].answered(str(exc.code), client)
+                raise
         raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown operation {op!r}; this daemon "
-                            f"answers hello, describe, forward, status", rid)
+                            f"answers hello, describe, forward, status, monitor", rid)
 
     def _system(self, header: RequestHeader) -> PhysicalSystem:
         name = header.fields.get("system")
@@ -409,21 +427,22 @@ class Daemon:
         cached = self._cache.get(key)
         if cached is not None:
             log.info("repeated id %r from %s: answered from the cache", rid, client)
+            self.stats[system.name].answered("cached", client)
             return cached
         if key in self._inflight:
             log.info("repeated id %r from %s while in flight: dropped", rid, client)
             return None
         job = Job(envelope=envelope, client=client, request_id=rid, x=x,
                   theta=theta, received=time.time())
-        if system.name in self.inline_counts:
+        if system.name in self.inline:
+            stats = self.stats[system.name]
             result = measure_job(system, job)
-            frames = finish_job(system, job, result, self.sequence, self.store)
-            fault = isinstance(result, SystemFault)
-            self.inline_counts[system.name][1 if fault else 0] += 1
-            if fault:
+            frames = finish_job(system, job, result, self.sequence, self.store, stats)
+            if isinstance(result, SystemFault):
                 system.close()
                 try:
                     system.open()
+                    stats.reconnects += 1
                 except Exception:  # a failed reopen shows as a fault on the next request
                     log.exception("%s: cannot reopen the instruments", system.name)
             else:
@@ -441,13 +460,35 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         systems: dict[str, Any] = {}
         for name in self.systems:
-            if name in self.inline_counts:
-                served, errors = self.inline_counts[name]
-                systems[name] = {"state": "ready", "queued": 0, "served": served,
-                                 "errors": errors}
-            else:
+            stats = self.stats[name]
+            state, queued = "ready", 0
+            if name not in self.inline:
                 w = self.workers[name]
-                systems[name] = {"state": w.state(), "queued": w.jobs.qsize(),
-                                 "served": w.served, "errors": w.errors}
+                state, queued = w.state(), w.jobs.qsize()
+            systems[name] = {"state": state, "queued": queued, "served": stats.served,
+                             "errors": stats.faults}
         return {"uptime_s": round(time.monotonic() - self.started, 3), "systems": systems,
                 "next_seq": self.sequence.next}
+
+    def _monitor(self, rid: str, header: Request, client: str) -> list[Buffer]:
+        """The ``monitor`` reply: ``status`` with every system's counters added, the store's
+        backlog, refusals; with ``last: true``, the first row of each system's last
+        measurement as arrays ``NAME/x``, ``NAME/theta``, ``NAME/y`` (of the systems this
+        client may use)."""
+        now = time.time()
+        reply = self.status()
+        arrays: list[tuple[str, Any]] = []
+        for name, fields in reply["systems"].items():
+            system, stats = self.systems[name], self.stats[name]
+            depth = 0 if name in self.inline else self.workers[name].jobs.maxsize
+            fields.update(stats.to_json(now), kind=system.config.kind, queue_depth=depth)
+            allowed = system.config.clients
+            if header.fields.get("last") is True and (allowed is None or client in allowed):
+                arrays += stats.last_arrays(name)
+        store = None
+        if self.store is not None:
+            store = {"path": str(self.store.path.absolute()),
+                     "backlog_bytes": self.store.backlog()}
+        reply.update(version=__version__, host=socket.gethostname(), started=self.started_at,
+                     store=store, refused=dict(self.refused))
+        return ok_reply(rid, reply, arrays)

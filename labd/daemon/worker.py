@@ -13,9 +13,9 @@ Contract:
   wait for both (~1 ms per request measured here). Replies still leave in arrival order, each
   before the next job's ``read``; a job whose ``arm`` or ``output`` fails hands over the
   pending reply before its own.
-* An instrument fault answers ``instrument_fault`` (with the driver's ``retryable``), counts an
-  error, publishes an event, and reopens the instruments with exponential backoff before the
-  next job. The worker never dies of a driver exception.
+* An instrument fault answers ``instrument_fault`` (with the driver's ``retryable``), counts a
+  fault in the system's ``SystemStats``, publishes an event, and reopens the instruments with
+  exponential backoff before the next job. The worker never dies of a driver exception.
 * ``stop()`` fails every job still queued and ends the thread after the job in hand.
 * Watchdog: ``overdue(now)`` tells the server thread that an instrument call has run past the
   system's ``timeout_s``; ``abandon()`` then detaches the worker atomically and returns the
@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from labd.daemon.metrics import SystemStats
 from labd.daemon.recording import SequenceCounter
 from labd.daemon.system import PhysicalSystem, SystemFault
 from labd.store.writer import Measurement, Store
@@ -80,47 +81,51 @@ def measure_job(system: PhysicalSystem, job: Job, meanwhile: Callable[[], None] 
 
 
 def finish_job(system: PhysicalSystem, job: Job, result: tuple[np.ndarray, float] | SystemFault,
-               sequence: SequenceCounter, store: Store | None) -> list[Buffer]:
-    """The reply frames of a measured job.
+               sequence: SequenceCounter, store: Store | None, stats: SystemStats
+               ) -> list[Buffer]:
+    """The reply frames of a measured job, counted in ``stats``.
 
     On success the rows get consecutive sequence numbers and the measurement is recorded
     (durably) before the reply frames exist.
     """
     if isinstance(result, SystemFault):
+        stats.fault(job.client)
         return error_reply(job.request_id, ErrorCode.INSTRUMENT_FAULT, str(result),
                            result.retryable)
     y, elapsed = result
     seq = sequence.take(job.x.shape[0])
+    done = time.time()
     try:
         if store is not None and system.config.record:
             store.record(Measurement(
                 system=system.name, seq=seq, client=job.client, request_id=job.request_id,
-                x=job.x, theta=job.theta, y=y, received=job.received, done=time.time(),
+                x=job.x, theta=job.theta, y=y, received=job.received, done=done,
                 elapsed_s=elapsed))
         elif store is not None:  # not recorded, but its numbers must not be handed out again
             store.reserve(system.name, seq, job.x.shape[0])
     except Exception as exc:  # a full disk must cost a reply, not the worker
         log.exception("%s: the store failed", system.name)
+        stats.answered("instrument_fault", job.client)
         return error_reply(job.request_id, ErrorCode.INSTRUMENT_FAULT,
                            f"measured, but the store could not record it ({exc}); the result "
                            f"is withheld so that nothing unrecorded reaches a client",
                            retryable=True)
+    stats.measured(job.client, seq, job.x, job.theta, y, elapsed, job.received, done)
     return forward_reply(job.request_id, seq, elapsed, y)
 
 
 class SystemWorker(threading.Thread):
     def __init__(self, system: PhysicalSystem, context: zmq.Context, pipe_endpoint: str,
                  sequence: SequenceCounter, store: Store | None,
-                 jobs: queue.Queue[Job | None]) -> None:
+                 jobs: queue.Queue[Job | None], stats: SystemStats) -> None:
         super().__init__(name=f"labd-{system.name}", daemon=True)
         self.system = system
         self.jobs = jobs
+        self.stats = stats
         self._context = context
         self._pipe_endpoint = pipe_endpoint
         self._sequence = sequence
         self._store = store
-        self.served = 0
-        self.errors = 0
         self.active = False
         self.faulted = False
         self._fault_count = 0
@@ -211,15 +216,12 @@ class SystemWorker(threading.Thread):
                 return
         self._flush()  # (when the measurement failed before the shots)
         if isinstance(result, SystemFault):
-            self.errors += 1
             self.faulted = True
             self._event("fault", {"system": self.system.name, "message": str(result),
                                   "retryable": result.retryable})
-        else:
-            self.served += 1
         kind = b"error" if isinstance(result, SystemFault) else b"forward"
         message = pipe_message(kind, job, finish_job(self.system, job, result, self._sequence,
-                                                     self._store))
+                                                     self._store, self.stats))
         with self._lock:
             self._pending = message
         if self.jobs.empty():  # else it is handed over while the next job's shots run
@@ -248,6 +250,7 @@ class SystemWorker(threading.Thread):
                 continue
             if self.faulted:
                 log.info("%s: instruments reopened", self.system.name)
+                self.stats.reconnects += 1
                 self._event("ready", {"system": self.system.name})
             self.faulted = False
             self._fault_count = 0

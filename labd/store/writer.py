@@ -168,6 +168,10 @@ class Store:
         meta = json.dumps({"kind": "reserve", "system": system, "seq": seq, "rows": rows})
         self._submit(system, seq, rows, meta[:-1], (_EMPTY, _EMPTY, _EMPTY))
 
+    def backlog(self) -> int:
+        """Bytes recorded in the ring and not yet ingested into the database."""
+        return self._ring.end - self._ingested
+
     def close(self) -> None:
         """Ingest everything recorded, stop the writer thread, close the files."""
         with self._lock:
