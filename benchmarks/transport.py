@@ -22,6 +22,11 @@ sequence numbers, no reply cache, no error handling, nothing configurable). Its 
 bare: a formatted header out, ``json.loads`` and ``frombuffer`` back. ``floor_ratio`` is its
 median over the raw median, measured in the same interleaved loop.
 
+With ``--monitor`` the daemon also serves the monitor page and ``/metrics`` (``labd serve
+--http``), and a fourth subprocess fetches the page's JSON (with a plot) and ``/metrics`` once a
+second, as an open page and an eager Prometheus would: run it interleaved with runs without,
+to see what they cost a forward.
+
 Figures: per payload ``payload_bytes`` (bytes of ``x``, which is also the size of ``y``),
 ``request_bytes`` (x and theta), medians, p50 and p99 of each (microseconds), ``ratio``,
 ``reqrep_ratio`` and ``floor_ratio``. Targets: ratio at most 1.2 at 256 KiB (16 x 4096) and
@@ -37,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -139,17 +145,33 @@ ctx.term()
 """
 
 
+#: With ``--monitor``: the page's JSON and ``/metrics`` fetched once a second.
+POLLER = """
+import sys, time, urllib.request
+while True:
+    for path in ("api/state?plot=lb12", "metrics"):
+        try:
+            urllib.request.urlopen(sys.argv[1] + path, timeout=5).read()
+        except OSError:
+            pass
+    time.sleep(1.0)
+"""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=4.0,
                    help="wall time spent per payload size, both sides together (default 4)")
     p.add_argument("--quick", action="store_true",
                    help="two payload sizes and 0.5 s each (a smoke test)")
+    p.add_argument("--monitor", action="store_true",
+                   help="with the monitor page and /metrics served (labd serve --http) and "
+                        "polled once a second")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     payloads = QUICK_PAYLOADS if args.quick else PAYLOADS
     seconds = 0.5 if args.quick else args.seconds
-    rows = run(payloads, seconds)
+    rows = run(payloads, seconds, args.monitor)
     for r in rows:
         print(f"{r['rows']:>4} x {r['dim']:<5} {r['payload_bytes']:>9} B   labd "
               f"{r['labd_median_us']:8.1f} us (p99 {r['labd_p99_us']:8.1f})   raw "
@@ -157,7 +179,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
               f"{r['ratio']:.2f}   floor {r['floor_median_us']:8.1f} us, "
               f"ratio {r['floor_ratio']:.2f}   REQ/REP echo {r['reqrep_median_us']:8.1f} us, "
               f"labd over it {r['reqrep_ratio']:.2f}")
-    return {"seconds_per_payload": seconds, "rows": rows}
+    return {"seconds_per_payload": seconds, "monitor": args.monitor, "rows": rows}
 
 
 def _config(dims: set[int]) -> str:
@@ -224,8 +246,20 @@ def _measure(client: LabClient, raw: zmq.Socket, floor: zmq.Socket, reqrep: zmq.
     return row
 
 
+def _wait_page(url: str, timeout_s: float = 60.0) -> None:
+    """Wait until the monitor page at ``url`` shows the daemon connected."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), urllib.request.urlopen(url + "api/state",
+                                                                  timeout=5) as r:
+            if json.load(r)["link"]["connected"]:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"the monitor page at {url} did not show the daemon")
+
+
 def run(payloads: tuple[tuple[int, int], ...] = PAYLOADS,
-        seconds: float = 4.0) -> list[dict[str, Any]]:
+        seconds: float = 4.0, monitor: bool = False) -> list[dict[str, Any]]:
     """One row of figures per ``(rows, dim)`` payload (see the module docstring)."""
     with tempfile.TemporaryDirectory(prefix="labd-bench-transport-") as tmp:
         config = Path(tmp) / "loopback.toml"
@@ -242,11 +276,20 @@ def run(payloads: tuple[tuple[int, int], ...] = PAYLOADS,
             sock.connect(endpoint)
             sockets.append((sock, stop))
         (raw, _), (floor, _), (reqrep, _) = sockets
+        web = f"127.0.0.1:{free_port()}"
+        poller: subprocess.Popen | None = None
         try:
-            with LocalDaemon(config=config) as daemon, LabClient(daemon.endpoint) as client:
+            with LocalDaemon(config=config, extra_args=["--http", web] if monitor else []
+                             ) as daemon, LabClient(daemon.endpoint) as client:
+                if monitor:
+                    _wait_page(f"http://{web}/")
+                    poller = subprocess.Popen([sys.executable, "-c", POLLER, f"http://{web}/"])
                 return [_measure(client, raw, floor, reqrep, r, d, seconds)
                         for r, d in payloads]
         finally:
+            if poller is not None:
+                poller.kill()
+                poller.wait()
             for (sock, stop), server in zip(sockets, servers, strict=True):
                 with contextlib.suppress(zmq.ZMQError):  # a REQ caught between send and recv
                     sock.send_multipart(stop)
