@@ -12,6 +12,7 @@ Chromium opens the page, shows the SHG's last measurement and saves the screensh
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,13 @@ def _plate(endpoint: str, stop: threading.Event) -> None:
             stop.wait(0.3)
 
 
+def _epoch(browser, selector: str) -> int:
+    """The epoch a run card shows (0 before it shows one)."""
+    found = re.search(r"epoch (\d+)", "".join(
+        e.text for e in browser.find_elements(By.CSS_SELECTOR, selector)))
+    return int(found.group(1)) if found else 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", help="the PNG to write")
@@ -61,14 +69,15 @@ def main() -> None:
             try:
                 with chromium(Path(tmp) / "profile", size="1280,1500") as browser:
                     browser.get(web.url)
-                    card = '#runs .run[data-run="vowels-shg-pat"]'
-                    wait_for(lambda: f"epoch {args.epochs}" in "".join(
-                        e.text for e in browser.find_elements(By.CSS_SELECTOR, card)),
-                        timeout_s=900, every_s=1.0)
+                    card = '#runs .run[data-run="vowels-shg-pat"] p'
+                    wait_for(lambda: _epoch(browser, card) >= args.epochs, timeout_s=900,
+                             every_s=1.0)
                     Select(browser.find_element(By.ID, "plot-system")).select_by_value("shg")
                     time.sleep(2.5)  # two polls: the chosen plot and fresh rates
                     height = browser.execute_script("return document.body.scrollHeight")
-                    browser.set_window_size(1280, height + 20)
+                    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                        "width": 1280, "height": height, "deviceScaleFactor": 1,
+                        "mobile": False})
                     time.sleep(1.2)
                     browser.save_screenshot(args.out)
             finally:
