@@ -5,7 +5,7 @@
 A daemon with the embedded default configuration (the simulated SHG, plate and oscillator,
 and the loopback) and a store; ``labd web`` watching it and the run folder; ``labd train``
 training the vowels on ``shg`` with PAT through that daemon; a client measuring the plate
-now and then (so two systems are in use). Once the run has finished a few epochs, headless
+now and then (so two systems are in use). Once a quarter of the run's epochs are done, headless
 Chromium opens the page, shows the SHG's last measurement and saves the screenshot.
 """
 
@@ -52,7 +52,8 @@ def _epoch(browser, selector: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", help="the PNG to write")
-    parser.add_argument("--epochs", type=int, default=4, help="epochs before the screenshot")
+    parser.add_argument("--epochs", type=int, default=40,
+                        help="epochs before the screenshot (of 4 times as many)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="labd-screenshot-") as tmp:
         runs = Path(tmp) / "runs"
@@ -62,7 +63,7 @@ def main() -> None:
                 [sys.executable, "-m", "labd", "--log-level", "warning", "train", "--task",
                  "vowels", "--system", "shg", "--mode", "pat", "--backward", "nominal",
                  "--endpoint", daemon.endpoint, "--out", str(runs / "vowels-shg-pat"),
-                 "--no-progress"])
+                 "--epochs", str(4 * args.epochs), "--no-progress"])
             stop = threading.Event()
             plate = threading.Thread(target=_plate, args=(daemon.endpoint, stop))
             plate.start()
