@@ -10,7 +10,8 @@ The contract, in this project's words (the page it implements is ``wire-protocol
   C-order little-endian, exactly ``prod(shape) * itemsize`` bytes each (see ``frames.py``).
 * A request header has ``v`` (an integer, 1), ``id`` (a string of 1-64 characters, echoed in the
   reply), ``op`` (a string) and ``arrays`` (may be omitted; at most 16), and the operation's
-  fields: ``hello``, ``describe`` (``system``), ``forward`` (``system``), ``status``.
+  fields: ``hello``, ``describe`` (``system``), ``forward`` (``system``), ``status``, and
+  ``monitor`` (``last``, optional; an addition to the contract, see ``README.md``).
 * A reply header has ``v`` (default 1), ``id`` (default ``""``: the request's, empty when none
   was readable), ``ok`` (true or false), ``error`` (``null`` or ``{code, message, retryable}``,
   ``retryable`` false when omitted) and ``arrays``, and the operation's fields.

@@ -470,7 +470,7 @@ class Daemon:
         return {"uptime_s": round(time.monotonic() - self.started, 3), "systems": systems,
                 "next_seq": self.sequence.next}
 
-    def _monitor(self, rid: str, header: Request, client: str) -> list[Buffer]:
+    def _monitor(self, rid: str, header: RequestHeader, client: str) -> list[Buffer]:
         """The ``monitor`` reply: ``status`` with every system's counters added, the store's
         backlog, refusals; with ``last: true``, the first row of each system's last
         measurement as arrays ``NAME/x``, ``NAME/theta``, ``NAME/y`` (of the systems this

@@ -114,12 +114,15 @@ class DaemonWatch:
                                      curve=self._curve)
         try:
             header, arrays = self._client.call("monitor", {"last": True})
+            return Snapshot(began, header.op_fields, {k: np.array(v) for k, v in arrays.items()})
         except LabError as exc:
-            self._client.close()  # a fresh connection next time (and no late replies)
-            self._client = None
-            return Snapshot(began, None, error=str(exc))
-        return Snapshot(began, header.model_extra,
-                        {k: np.array(v) for k, v in arrays.items()})
+            error = str(exc)
+        except Exception as exc:  # (a reply it cannot read: the page must say so, not freeze)
+            log.exception("monitor: cannot read the daemon's answer")
+            error = f"cannot read the daemon's answer: {exc}"
+        self._client.close()  # a fresh connection next time (and no late replies)
+        self._client = None
+        return Snapshot(began, None, error=error)
 
     def _note(self, snapshot: Snapshot) -> None:
         """Take a new poll's answer (under the condition's lock)."""
