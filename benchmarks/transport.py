@@ -246,7 +246,7 @@ def _measure(client: LabClient, raw: zmq.Socket, floor: zmq.Socket, reqrep: zmq.
     return row
 
 
-def _wait_page(url: str, timeout_s: float = 60.0) -> None:
+def wait_page(url: str, timeout_s: float = 60.0) -> None:
     """Wait until the monitor page at ``url`` shows the daemon connected."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -282,7 +282,7 @@ def run(payloads: tuple[tuple[int, int], ...] = PAYLOADS,
             with LocalDaemon(config=config, extra_args=["--http", web] if monitor else []
                              ) as daemon, LabClient(daemon.endpoint) as client:
                 if monitor:
-                    _wait_page(f"http://{web}/")
+                    wait_page(f"http://{web}/")
                     poller = subprocess.Popen([sys.executable, "-c", POLLER, f"http://{web}/"])
                 return [_measure(client, raw, floor, reqrep, r, d, seconds)
                         for r, d in payloads]
