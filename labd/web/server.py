@@ -27,6 +27,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import sys
 import time
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
@@ -109,6 +110,14 @@ class MonitorServer(ThreadingHTTPServer):
         self.loopback = is_loopback(f"tcp://{address[0]}:0")
         self.static = {path: (resources.files("labd.web").joinpath("static", name).read_bytes(),
                               kind) for path, (name, kind) in STATIC.items()}
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A viewer that went away mid-answer is no error; anything else is logged (never a
+        traceback on stderr from ``socketserver``)."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("%s went away before its answer was sent", client_address)
+            return
+        log.exception("monitor: error while answering %s", client_address)
 
     @property
     def url(self) -> str:
