@@ -11,9 +11,10 @@ new as ``metrics.csv``; ``running`` when a file changed in the last ``STALE_S`` 
 ``stopped`` otherwise), ``updated`` (UNIX time), ``epoch`` (the last row's), ``physical_queries``
 (the summary's, else the last row's), ``rows`` (the epochs' metrics as numbers, columns as in
 ``metrics.csv``) and ``summary`` (task, system, mode, epochs, accuracies; ``None`` until the run
-ends). The trainer rewrites its files in place, so a file is read only once it has not changed
-for ``SETTLE_S`` seconds (a reading caught mid-write would show a run going backwards); until
-then, and when it cannot be parsed, the previous reading stands.
+ends). The trainer rewrites its files in place, so a reading may catch one mid-write: a
+``metrics.csv`` whose last line is cut, a ``summary.json`` that is not yet JSON, or fewer epochs
+than the last reading are taken only once the file has not changed for ``SETTLE_S`` seconds
+(a run going backwards is then real: restarted); until then the previous reading stands.
 """
 
 from __future__ import annotations
@@ -58,16 +59,21 @@ class _File:
         except OSError:
             return None, None
         stamp = (st.st_size, st.st_mtime_ns)
-        if stamp != self.stamp and time.time() - st.st_mtime >= SETTLE_S:
+        if stamp != self.stamp:
             try:
-                self.content = parse(self.path.read_text())
-                self.stamp = stamp
+                content = parse(self.path.read_text())
             except (OSError, ValueError, KeyError):
-                pass  # caught mid-write: keep the last reading, try again next time
+                content = None  # caught mid-write (or broken): keep the last reading
+            shrinks = isinstance(content, list) and len(content) < len(self.content or [])
+            settled = time.time() - st.st_mtime >= SETTLE_S
+            if content is not None and (settled or not shrinks):
+                self.content, self.stamp = content, stamp
         return self.content, st.st_mtime
 
 
 def _metrics(text: str) -> list[dict[str, Any]]:
+    if not text.endswith("\n"):
+        raise ValueError("the last line is not complete")
     return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(text.splitlines())]
 
 

@@ -59,12 +59,16 @@ def test_system_stats_keep_a_copy_of_the_last_first_row():
     assert out["last"] == {"seq": 7, "time": 10.01, "client": "alice", "rows": 2}
 
 
-def _rows(path, n: int) -> None:
+def _rows(path, n: int, settled: bool = True, cut: int = 0) -> None:
+    """A metrics.csv of ``n`` epochs (its last ``cut`` characters missing), as old as a
+    settled file or just written."""
     lines = ["epoch,train_loss,train_acc,test_acc,test_acc_model,physical_queries,wall_s"]
     lines += [f"{e},{1 / e:.3f},0.{e},0.{e},,{100 * e},{e}.5" for e in range(1, n + 1)]
-    path.write_text("\n".join(lines) + "\n")
-    old = time.time() - 2 * runs_module.SETTLE_S
-    os.utime(path, (old, old))
+    text = "\n".join(lines) + "\n"
+    path.write_text(text[:len(text) - cut])
+    if settled:
+        old = time.time() - 2 * runs_module.SETTLE_S
+        os.utime(path, (old, old))
 
 
 def test_runs_are_found_read_as_they_grow_and_finish(tmp_path, monkeypatch):
@@ -77,10 +81,19 @@ def test_runs_are_found_read_as_they_grow_and_finish(tmp_path, monkeypatch):
     assert run["rows"][1] == {"epoch": 2, "train_loss": 0.5, "train_acc": 0.2,
                               "test_acc": 0.2, "test_acc_model": None,
                               "physical_queries": 200, "wall_s": 2.5}
-    # a file being rewritten (newer than SETTLE_S) keeps its previous reading
-    (tmp_path / "a" / "seed0" / "metrics.csv").write_text("epoch,train_loss\n")
+    metrics = tmp_path / "a" / "seed0" / "metrics.csv"
+    # caught mid-write: fewer epochs, or a cut line, keep the previous reading ...
+    _rows(metrics, 1, settled=False)
     assert watch.runs()[0]["epoch"] == 2
-    _rows(tmp_path / "a" / "seed0" / "metrics.csv", 3)
+    _rows(metrics, 3, settled=False, cut=4)
+    assert watch.runs()[0]["epoch"] == 2
+    # ... a complete file with more epochs is read at once, however fast the trainer is
+    _rows(metrics, 3, settled=False)
+    assert watch.runs()[0]["epoch"] == 3
+    # and fewer epochs, once the file has settled, are real (a run started again)
+    _rows(metrics, 1)
+    assert watch.runs()[0]["epoch"] == 1
+    _rows(metrics, 3)
     assert watch.runs()[0]["epoch"] == 3
     summary = tmp_path / "a" / "seed0" / "summary.json"
     summary.write_text('{"task": "vowels", "epochs": 3, "physical_queries": 999, '

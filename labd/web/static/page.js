@@ -73,11 +73,16 @@ function tick(v) {
 }
 
 // One panel at (x0, y0), size w x h: a title, a frame, min/max labels, each series as a line
-// (with dots when short). series: [{values, xs (optional), cls}]
+// (with dots when short). series: [{values, xs (optional), cls, label (optional)}]; labelled
+// series are named after the title, in their colour.
 function panel(svg, x0, y0, w, h, title, series, xLabel) {
   const g = svgEl("g", { class: "panel", transform: `translate(${x0},${y0})` });
   svg.appendChild(g);
-  g.appendChild(svgEl("text", { x: 0, y: 12, class: "title" }, title));
+  const head = svgEl("text", { x: 0, y: 12, class: "title" }, title);
+  for (const s of series.filter((s) => s.label)) {
+    head.appendChild(svgEl("tspan", { class: s.cls }, ` ${s.label}`));
+  }
+  g.appendChild(head);
   const left = 44, top = 22, bottom = 18;
   const pw = w - left - 4, ph = h - top - bottom;
   g.appendChild(svgEl("rect", { x: left, y: top, width: pw, height: ph, class: "frame" }));
@@ -288,12 +293,12 @@ function runCurves(run) {
   const col = (k) => run.rows.map((r) => (r[k] === undefined ? null : r[k]));
   panel(svg, 0, 0, 210, 150, "loss (train)", [{ values: col("train_loss"), xs, cls: "s-loss" }],
         "epoch");
-  const accs = [{ values: col("train_acc"), xs, cls: "s-train" },
-                { values: col("test_acc"), xs, cls: "s-test" }];
+  const accs = [{ values: col("train_acc"), xs, cls: "s-train", label: "train" },
+                { values: col("test_acc"), xs, cls: "s-test", label: "test" }];
   if (run.rows.some((r) => r.test_acc_model !== null && r.test_acc_model !== undefined)) {
-    accs.push({ values: col("test_acc_model"), xs, cls: "s-model" });
+    accs.push({ values: col("test_acc_model"), xs, cls: "s-model", label: "model" });
   }
-  panel(svg, 225, 0, 215, 150, "accuracy: train · test · model", accs, "epoch");
+  panel(svg, 225, 0, 215, 150, "accuracy:", accs, "epoch");
   return svg;
 }
 
