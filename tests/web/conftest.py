@@ -19,47 +19,16 @@ from typing import Any
 import pytest
 
 from labd.daemon.process import LocalDaemon
+from tests.configs import loopback
 
 #: A rig for the monitor: a fast loopback (8 values), a slow one (20 ms per shot, so that it
 #: is visibly busy) and a flaky one (a detector that drops its link on 30% of reads).
-RIG = """
-[systems.fast]
-kind = "loopback"
-input_dim = 8
-param_dim = 8
-output_dim = 8
-input_range = [-1.0, 1.0]
-param_range = [-1.0, 1.0]
-encoding = { layout = "add" }
-bench = { seed = 0, timing = "fast" }
-drive = { driver = "sim.dac" }
-detector = { driver = "sim.adc" }
-
-[systems.slow]
-kind = "loopback"
-input_dim = 4
-param_dim = 4
-output_dim = 4
-input_range = [-1.0, 1.0]
-param_range = [-1.0, 1.0]
-encoding = { layout = "add" }
-queue_depth = 8
-bench = { seed = 0, timing = "realtime", shot_s = 0.02 }
-drive = { driver = "sim.dac" }
-detector = { driver = "sim.adc" }
-
-[systems.flaky]
-kind = "loopback"
-input_dim = 3
-param_dim = 3
-output_dim = 3
-input_range = [-1.0, 1.0]
-param_range = [-1.0, 1.0]
-encoding = { layout = "add" }
-bench = { seed = 1, timing = "fast" }
-drive = { driver = "sim.dac" }
-detector = { driver = "sim.adc", faults = { disconnect = 0.3, seed = 3 } }
-"""
+_RANGES = {"input_range": [-1.0, 1.0], "param_range": [-1.0, 1.0]}
+RIG = (loopback("fast", 8, **_RANGES, bench={"seed": 0, "timing": "fast"})
+       + loopback("slow", 4, **_RANGES, queue_depth=8,
+                  bench={"seed": 0, "timing": "realtime", "shot_s": 0.02})
+       + loopback("flaky", 3, **_RANGES, bench={"seed": 1, "timing": "fast"},
+                  detector={"driver": "sim.adc", "faults": {"disconnect": 0.3, "seed": 3}}))
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
