@@ -19,7 +19,8 @@ Families (``system`` label per physical system):
   ``labd_instrument_duration_seconds`` (``elapsed_s``): histograms
 * ``labd_queue_depth``, ``labd_queue_capacity``, ``labd_busy_fraction_1m``,
   ``labd_system_state{system, state}`` (1 for the current state, 0 for the others)
-* ``labd_store_backlog_bytes``, and where the store file is readable here ``labd_store_bytes``, ``labd_store_measurements``, ``labd_store_rows``
+* ``labd_store_backlog_bytes``, and where the store file is readable here
+  ``labd_store_bytes``, ``labd_store_measurements``, ``labd_store_rows``
 """
 
 from __future__ import annotations
