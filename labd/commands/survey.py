@@ -2,7 +2,8 @@
 
 A quick health check of a rig: shapes, output ranges, the repeat noise (two measurements of the
 same batch) and the throughput of each system. Without ``--endpoint`` it starts a local daemon
-with the embedded default (the simulated rigs) and stops it afterwards.
+on ``--config FILE`` (default: the embedded configuration, the simulated rigs) and stops it
+afterwards.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from labd.daemon.process import LocalDaemon
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("survey", help="measure a random batch on every system, tabulate it",
                        description=__doc__)
-    p.add_argument("--endpoint", help="daemon control endpoint (default: a local daemon with "
-                                      "the embedded default)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--endpoint", help="daemon control endpoint (default: a local daemon)")
+    where.add_argument("--config", metavar="FILE",
+                       help="start the local daemon on this configuration (default: the "
+                            "embedded one)")
     p.add_argument("--batch", type=int, default=64, help="shots per system (default 64)")
     p.set_defaults(func=run)
 
@@ -62,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
     if args.endpoint:
         print_table(survey(args.endpoint, args.batch))
         return 0
-    print("starting a local labd with the embedded default (simulated rigs)...")
-    with LocalDaemon() as daemon:
+    print(f"starting a local labd on {args.config or 'the embedded default (simulated rigs)'}"
+          "...")
+    with LocalDaemon(config=args.config) as daemon:
         print(f"daemon at {daemon.endpoint}; {args.batch} shots on every system")
         print_table(survey(daemon.endpoint, args.batch))
     print("daemon stopped cleanly")

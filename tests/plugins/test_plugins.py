@@ -360,3 +360,12 @@ def test_the_driver_template_checks_by_its_path_without_opening_anything(labd, w
     code, out = labd("config", "--check", str(write(text.replace("samples = 32", ""))))
     assert code == 0, out  # samples default to the drive's channels: 4 x 8
     assert "(32 samples)" in out
+
+
+def test_survey_starts_its_daemon_on_a_config(write):
+    config = write(system("lab") + system("other"))
+    done = subprocess.run([sys.executable, "-m", "labd", "survey", "--config", str(config),
+                           "--batch", "8"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split()[0] for line in done.stdout.splitlines()[3:-2]]
+    assert rows == ["lab", "other"], done.stdout
