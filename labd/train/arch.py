@@ -1,8 +1,14 @@
-"""Network designs: the paper's architecture (or better) per task and system, and a builder.
+"""Network designs: hand-made ones per task and system, a rule for any other data, a builder.
 
-An ``Arch`` says how many physical layers, how many side-by-side copies (``units``) of the
-system each layer uses, whether digital linear layers sit between them (``hybrid``) and how
-class scores are read out; plus the training hyper-parameters that go with it.
+An ``Arch`` (a *design*) says how many physical layers, how many side-by-side copies
+(``units``) of the system each layer uses, whether digital linear layers sit before them
+(``hybrid``), how class scores are read out, how input features are scaled, and the training
+hyper-parameters that go with it (epochs, batch, learning rates, validation and early
+stopping, the twin's size). ``labd.train.designfile`` reads and writes designs as TOML.
+
+``default_arch(task, system)`` returns the hand-made design of a (task, system) pair of the
+paper's experiments; ``choose_design(...)`` designs for any other data set from its shape and
+the system's dimensions (the rule is its docstring and ``docs/training.md``).
 
 What is physical and what is digital (reported in every summary under ``digital``):
 
@@ -21,6 +27,7 @@ What is physical and what is digital (reported in every summary under ``digital`
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -51,6 +58,16 @@ class Arch:
     twin_family: str | None = None
     #: ``pat`` mode: refine the twin on PAT's own measurements (``labd.train.twins.TwinRefiner``).
     refine: bool = False
+    #: Feature mapping before the first layer, fitted on the training rows
+    #: (``labd.train.datasets.fit_scaling``): ``standard``, ``minmax`` or ``none``.
+    scaling: Literal["standard", "minmax", "none"] = "none"
+    #: Stratified fraction of the training rows held out for validation: the checkpoint kept
+    #: is the one of the best validation accuracy (ties: lower validation loss). 0: none,
+    #: the last epoch's network is kept.
+    val_fraction: float = 0.0
+    #: Early stopping: epochs without a better validation score before training stops
+    #: (0: never; needs ``val_fraction`` > 0).
+    patience: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,12 +107,59 @@ DEFAULTS: dict[tuple[str, str], Arch] = {
                                  batch_size=30, twin_samples=2000, twin_epochs=20,
                                  twin_hidden=(64,)),
 }
-GENERIC = Arch(depth=2, hybrid=True, readout="linear", epochs=30, batch_size=64)
 
 
 def default_arch(task: str, system: str, **overrides: Any) -> Arch:
-    arch = DEFAULTS.get((task, system), GENERIC)
+    """The hand-made design of ``(task, system)`` with ``overrides`` (``None`` values
+    ignored); ``KeyError`` for a pair without one (use ``choose_design``)."""
+    arch = DEFAULTS[(task, system)]
     return replace(arch, **{k: v for k, v in overrides.items() if v is not None})
+
+
+#: Training steps a chosen design aims at (epochs = this over the batches per epoch, within
+#: ``EPOCH_BOUNDS``); early stopping ends most runs well before.
+TARGET_STEPS = 4000
+EPOCH_BOUNDS = (30, 400)
+MAX_UNITS = 8
+
+
+def choose_design(n_features: int, n_classes: int, n_train: int,
+                  description: dict[str, Any]) -> Arch:
+    """A design for a data set no design was made for, from its shape and the system's.
+
+    The rule (``docs/training.md`` explains it):
+
+    * features standardised on the training rows; 15% of them (stratified) held out for
+      validation, the best validation checkpoint kept, early stopping after ``patience``
+      epochs without improvement;
+    * one physical layer (``depth`` 1): each extra layer multiplies the shots and compounds
+      the twin's error, and ``labd tune`` can try more;
+    * ``hybrid``: a trained digital linear layer maps the standardised features onto the
+      physical inputs (a table's columns have no order or scale a physical channel could
+      take as it is);
+    * ``units``: enough side-by-side copies that the physical layer has as many inputs as
+      there are features and at least 4 outputs per class: ``ceil(max(D, 4 K) / input_dim)``
+      and ``ceil(4 K / output_dim)``, the larger, at most ``MAX_UNITS``;
+    * ``linear`` readout (a digital linear layer from the physical outputs to the classes);
+    * batch ``2^round(log2(N / 30))`` within [16, 256] (about 30 steps an epoch), epochs
+      ``TARGET_STEPS`` over the batches per epoch within ``EPOCH_BOUNDS``, patience a fifth
+      of the epochs within [10, 40];
+    * the twin: 10,000 random points, 30 fitting epochs (enough for systems of tens of
+      channels; large systems want more, set ``twin_samples``).
+    """
+    n_in, n_out = int(description["input_dim"]), int(description["output_dim"])
+    units = max(math.ceil(max(n_features, 4 * n_classes) / n_in),
+                math.ceil(4 * n_classes / n_out))
+    units = max(1, min(MAX_UNITS, units))
+    val_fraction = 0.15
+    rows = max(1, round(n_train * (1 - val_fraction)))
+    batch = int(min(256, max(16, 2 ** round(math.log2(max(1.0, rows / 30))))))
+    batches = math.ceil(rows / batch)
+    epochs = min(EPOCH_BOUNDS[1], max(EPOCH_BOUNDS[0], math.ceil(TARGET_STEPS / batches)))
+    return Arch(depth=1, units=units, hybrid=True, readout="linear", epochs=epochs,
+                batch_size=batch, lr=0.02, lr_digital=0.01, twin_samples=10000,
+                twin_epochs=30, scaling="standard", val_fraction=val_fraction,
+                patience=min(40, max(10, epochs // 5)))
 
 
 class Resample(nn.Module):
@@ -118,43 +182,63 @@ class Resample(nn.Module):
         return y.repeat(1, self.units) if self.units > 1 else y
 
 
+class Standardize(nn.Module):
+    """The data set's feature mapping ``(x - shift) / scale`` (fixed buffers, not trained).
+
+    Built from ``labd.train.datasets.fit_scaling`` on the training rows; it is part of the
+    network's state, so a checkpoint maps new rows exactly as the training rows were.
+    """
+
+    def __init__(self, scaling: dict[str, Any]) -> None:
+        super().__init__()
+        self.kind = str(scaling["kind"])
+        self.register_buffer("shift", torch.tensor(scaling["shift"], dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor(scaling["scale"], dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.shift) / self.scale
+
+
 class Bypass(nn.Module):
     """The digital-only stand-in for a physical layer: a fixed window mean, same shapes.
 
-    ``[B, units * n_in]`` -> ``[B, units * n_out]``: each unit's input is cut into ``n_out``
-    equal contiguous windows (any remainder at the end unused) and each window averaged, as
-    the stand-ins' detectors reduce their traces. Nothing is trained and nothing is physical:
-    a network with bypasses instead of physical layers, with the same digital parts, is the
+    ``[B, units * n_in]`` -> ``[B, units * n_out]``: output ``j`` of each unit is the mean of
+    that unit's inputs ``floor(j n_in / n_out) .. ceil((j + 1) n_in / n_out) - 1`` (adaptive
+    average pooling: equal windows of ``n_in / n_out`` inputs when it divides, as the
+    stand-ins' detectors reduce their traces; when ``n_out > n_in`` each input is repeated
+    into about ``n_out / n_in`` outputs). Nothing is trained and nothing is physical: a
+    network with bypasses instead of physical layers, with the same digital parts, is the
     baseline that says what the physics adds.
     """
 
     def __init__(self, n_in: int, n_out: int, units: int = 1) -> None:
         super().__init__()
-        if n_out > n_in:
-            raise ValueError(f"a bypass cannot widen {n_in} inputs to {n_out} outputs")
         self.n_in, self.n_out, self.units = n_in, n_out, units
-        self.width = n_in // n_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(x.shape[0] * self.units, self.n_in)[:, : self.width * self.n_out]
-        pooled = rows.reshape(rows.shape[0], self.n_out, self.width).mean(2)
+        rows = x.reshape(x.shape[0] * self.units, 1, self.n_in)
+        pooled = nn.functional.adaptive_avg_pool1d(rows, self.n_out)
         return pooled.reshape(x.shape[0], self.units * self.n_out)
 
 
 def build_network(arch: Arch, n_features: int, n_classes: int,
                   layers: list[tuple[dict[str, Any], nn.Module, Hardware | None]],
-                  seed: int = 0, bypass: bool = False) -> PhysicalNetwork:
+                  seed: int = 0, bypass: bool = False,
+                  scaling: dict[str, Any] | None = None) -> PhysicalNetwork:
     """The network for ``arch``; ``layers[i]`` = (description, digital model, hardware).
 
     ``len(layers)`` must equal ``arch.depth`` (the caller decides which daemon each layer
     lives on). ``bypass``: every physical layer replaced by a ``Bypass`` (the digital-only
-    baseline; the hardware and models are then unused).
+    baseline; the hardware and models are then unused). ``scaling`` (``fit_scaling``'s
+    record): a ``Standardize`` first block, unless its kind is ``none``.
     """
     if len(layers) != arch.depth:
         raise ValueError(f"arch has {arch.depth} physical layers, got {len(layers)}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     blocks: list[nn.Module] = []
+    if scaling is not None and scaling["kind"] != "none":
+        blocks.append(Standardize(scaling))
     features = n_features
     for description, model, hardware in layers:
         need = arch.units * int(description["input_dim"])

@@ -6,7 +6,10 @@ Each command has ``add_*_arguments(parser)`` and a function taking the parsed
 
 * ``labd train (--task vowels|mnist | --data FILE.csv) --system NAME
   --mode pat|insilico|twin|bypass
-  [--endpoint E ... | --config FILE] [--seed N] --out DIR [--epochs N] [--resume]``
+  [--endpoint E ... | --config FILE] [--seed N] --out DIR [--resume] [--design FILE.toml]
+  [design flags] [--device auto|cpu|cuda]``
+* ``labd tune (--task T | --data FILE.csv) --system NAME --out DIR [--n-trials N]
+  [--timeout S] [--storage URL] [--study NAME] [--endpoint E ...]``
 * ``labd twin collect --system S --out FILE.npz [--endpoint E | --config FILE] [--samples N]
   [--repeats R]``
 * ``labd twin fit (--data FILE.npz | --from-store STORE --system S) --out TWIN.pt
@@ -79,8 +82,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                             "embedded one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, metavar="DIR", help="run folder")
-    p.add_argument("--epochs", type=int, help="override the design's number of epochs")
-    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from DIR/checkpoint.pt, with DIR/design.toml")
+    add_design_arguments(p)
+    p.add_argument("--no-yardstick", action="store_true",
+                   help="do not train the digital-only bypass beside the run (the logistic "
+                        "regression, milliseconds, is always fitted)")
     p.add_argument("--twin", metavar="TWIN.pt", help="use this twin instead of fitting one")
     p.add_argument("--backward", choices=["twin", "nominal"], default="twin",
                    help="pat mode: the model whose gradient is used (default: twin)")
@@ -89,30 +96,153 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: the design's, off)")
     p.add_argument("--mnist-dir", metavar="DIR", help="directory of the 4 MNIST IDX files")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the digital parts, the twin and its fitting run (default: "
+                        "auto, CUDA when torch sees it)")
     p.add_argument("--no-pipeline", action="store_true",
                    help="pat mode: the plain synchronous training loop (one request per layer "
                         "and minibatch, the test evaluation after each epoch) instead of the "
                         "pipelined one (the same algorithm, the instrument kept busy)")
 
 
+#: ``labd train`` / ``labd tune`` flags that set one design key (``labd.train.arch.Arch``)
+DESIGN_FLAGS = {"depth": int, "units": int, "readout": str, "epochs": int, "batch_size": int,
+                "lr": float, "lr_digital": float, "twin_samples": int, "twin_epochs": int,
+                "val_fraction": float, "patience": int, "scaling": str}
+
+
+def add_design_arguments(p: argparse.ArgumentParser) -> None:
+    """``--design FILE.toml`` and one flag per usual design key (they win over the file)."""
+    g = p.add_argument_group("design", "the network and its training (default: the task's "
+                             "hand-made design, or one chosen for the data; docs/training.md)")
+    g.add_argument("--design", metavar="FILE.toml",
+                   help="a design file (a run folder's design.toml, labd tune's "
+                        "best-design.toml); the flags below override it")
+    g.add_argument("--depth", type=int, metavar="N", help="physical layers")
+    g.add_argument("--units", type=int, metavar="N",
+                   help="side-by-side copies of the system in each physical layer")
+    g.add_argument("--hybrid", action=argparse.BooleanOptionalAction,
+                   help="trained digital linear layers before each physical layer")
+    g.add_argument("--readout", choices=["linear", "groups"],
+                   help="class scores: a digital linear layer, or the mean of class bins")
+    g.add_argument("--epochs", type=int, metavar="N", help="epochs (at most, with --patience)")
+    g.add_argument("--batch-size", type=int, metavar="N")
+    g.add_argument("--lr", type=float, metavar="LR", help="learning rate of the physical "
+                                                          "parameters")
+    g.add_argument("--lr-digital", type=float, metavar="LR",
+                   help="learning rate of the digital parameters")
+    g.add_argument("--twin-samples", type=int, metavar="N", help="twin data points")
+    g.add_argument("--twin-epochs", type=int, metavar="N", help="twin fitting epochs")
+    g.add_argument("--twin-hidden", type=int, nargs="+", metavar="N",
+                   help="the twin MLP's hidden layer sizes")
+    g.add_argument("--val-fraction", type=float, metavar="F",
+                   help="training rows held out for validation (0: none)")
+    g.add_argument("--patience", type=int, metavar="N",
+                   help="early stopping after N epochs without a better validation score "
+                        "(0: never)")
+    g.add_argument("--scaling", choices=["standard", "minmax", "none"],
+                   help="input feature mapping fitted on the training rows")
+
+
+def design_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The design keys set on the command line."""
+    out = {key: getattr(args, key) for key in DESIGN_FLAGS}
+    out["hybrid"] = args.hybrid
+    out["twin_hidden"] = tuple(args.twin_hidden) if args.twin_hidden else None
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def train(args: argparse.Namespace) -> int:
     from drivers.physics.nominal import NoNominalModel
+    from labd.train.designfile import DesignError
+    from labd.train.devices import DeviceError
     from labd.train.run import run_training
+    from labd.train.yardstick import table
 
     try:
         summary = run_training(task=args.task, data=args.data, system=args.system,
                                mode=args.mode, out=args.out, endpoints=args.endpoint,
-                               config=args.config,
-                               seed=args.seed, epochs=args.epochs, resume=args.resume,
+                               config=args.config, seed=args.seed, resume=args.resume,
                                mnist_dir=args.mnist_dir, twin_path=args.twin,
                                backward=args.backward, refine=args.refine_twin,
-                               progress=not args.no_progress, pipeline=not args.no_pipeline)
+                               design_file=args.design, overrides=design_overrides(args),
+                               progress=not args.no_progress, pipeline=not args.no_pipeline,
+                               device=args.device, bypass_yardstick=not args.no_yardstick)
+    except (DesignError, DeviceError) as exc:
+        _failed("train", exc)
+        return 2
     except (*EXPECTED, NoNominalModel) as exc:
         return _failed("train", exc, f"; {args.out} keeps every finished epoch: run the same "
                        f"command with --resume to continue" if Path(args.out).exists() else "")
+    print(table(summary))
     print(json.dumps({k: summary[k] for k in ("task", "system", "mode", "seed",
                                               "test_accuracy", "train_accuracy",
-                                              "physical_queries", "wall_s")}, indent=2))
+                                              "val_accuracy", "best_epoch", "epochs",
+                                              "physical_queries", "device", "wall_s")},
+                     indent=2))
+    return 0
+
+
+def add_tune_arguments(p: argparse.ArgumentParser) -> None:
+    from labd.train.tune import SPACE
+
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--task", choices=["vowels", "mnist"], help="a built-in task")
+    src.add_argument("--data", metavar="FILE.csv", help="a CSV data set")
+    p.add_argument("--system", required=True, help="the daemon's system to train on")
+    p.add_argument("--mode", default="pat", choices=["pat", "insilico", "twin", "bypass"])
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="trial run folders (DIR/trials), twins, best-design.toml, tune.json")
+    p.add_argument("--endpoint", action="append", metavar="E",
+                   help="daemon control endpoint; repeat to run one trial at a time on each "
+                        "(default: start a local daemon)")
+    p.add_argument("--n-trials", type=int, default=30, metavar="N",
+                   help="the study's budget of finished trials (default 30); the same "
+                        "command again carries on up to it")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S s")
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna storage (default sqlite:///DIR/study.db; any database URL "
+                        "Optuna accepts, shared by trainers on several machines)")
+    p.add_argument("--study", default="labd", metavar="NAME", help="the study's name")
+    p.add_argument("--search", nargs="+", choices=sorted(SPACE), metavar="KEY",
+                   help=f"design keys to search (default all: {', '.join(SPACE)})")
+    p.add_argument("--design", metavar="FILE.toml", help="the design to start from")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mnist-dir", metavar="DIR")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-progress", action="store_true")
+
+
+def tune(args: argparse.Namespace) -> int:
+    from labd.train.tune import SPACE, TuneConfig, TuneError
+    from labd.train.tune import tune as run_tune
+
+    cfg = TuneConfig(system=args.system, out=Path(args.out), task=args.task, data=args.data,
+                     mode=args.mode, endpoints=args.endpoint, n_trials=args.n_trials,
+                     timeout=args.timeout, storage=args.storage, study=args.study,
+                     seed=args.seed, search=args.search or list(SPACE), design=args.design,
+                     mnist_dir=args.mnist_dir, device=args.device,
+                     progress=not args.no_progress)
+    try:
+        report = run_tune(cfg)
+    except TuneError as exc:
+        _failed("tune", exc)
+        return 2
+    except EXPECTED as exc:
+        return _failed("tune", exc, "; the study keeps every finished trial: run the same "
+                                    "command again to carry on")
+    best = report["best"]
+    lr = report["logistic_regression"]
+    print(f"{report['finished_trials']} trials finished ({report['pruned_trials']} pruned) "
+          f"in study {report['study']!r}, {report['storage']}")
+    if best is None:
+        print("no trial completed yet: run the same command again to carry on")
+        return 0
+    print(f"best: trial {best['trial']}, validation {100 * best['val_accuracy']:.1f}%, "
+          f"test {100 * best['test_accuracy']:.1f}% (logistic regression: test "
+          f"{100 * lr['test_accuracy']:.1f}%, validation "
+          f"{100 * (lr['val_accuracy'] or 0):.1f}%)")
+    print(f"best design: {best['design']}\ntrain with it: {report['train_best']}")
     return 0
 
 
@@ -277,7 +407,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``train``, ``twin`` (``collect``, ``fit``), ``reproduce`` and ``demo``."""
+    """Add ``train``, ``twin`` (``collect``, ``fit``), ``tune``, ``reproduce`` and ``demo``."""
     p = sub.add_parser("train", help="train a physical neural network",
                        description="Train a network of physical layers (PAT, in silico or "
                                    "twin-trained) and write a run folder.")
@@ -291,6 +421,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = tsub.add_parser("fit", help="fit a twin to collected measurements")
     add_twin_fit_arguments(p)
     p.set_defaults(func=twin_fit)
+    p = sub.add_parser("tune", help="search designs with Optuna (needs labd[tune])",
+                       description="Search network designs and training settings with Optuna "
+                                   "against one or more daemons; every trial is a run folder, "
+                                   "the best design a file `labd train --design` reads.")
+    add_tune_arguments(p)
+    p.set_defaults(func=tune)
     p = sub.add_parser("reproduce", help="the paper's experiments on the stand-ins")
     add_reproduce_arguments(p)
     p.set_defaults(func=reproduce)

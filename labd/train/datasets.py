@@ -1,9 +1,18 @@
 """Classification data sets for the trainer: the shipped vowels, MNIST, and any CSV.
 
 Contract: every loader returns a ``Dataset`` of float32 features ``[N, D]`` and int64 labels
-``[N]`` (classes ``0..n_classes-1``), already split into train and test. Features are returned
-as stored (vowels in [0.255, 1], MNIST pixels in [0, 1], CSV columns as written); mapping them
-into a physical system's input range is the network's job (its first rescaling layer).
+``[N]`` (classes ``0..n_classes-1``; ``classes`` keeps the names they had in the file),
+already split into train and test. Features are returned as stored (vowels in [0.255, 1],
+MNIST pixels in [0, 1], CSV columns as written). ``Dataset.carve_validation`` moves a
+stratified fraction of the training rows into a validation split (``x_val``/``y_val``, used
+for checkpoint selection and early stopping, never for training); ``fit_scaling`` computes
+the feature mapping a network applies before its first layer (``labd.train.arch``), from the
+rows it trains on only.
+
+The CSV format (``load_csv``; also in the README's training section): a header row; every
+column but ``label`` and ``split`` is a numeric feature; ``label`` holds integers or names
+(classes are numbered in sorted order); the optional ``split`` column says ``train`` or
+``test`` per row; without it a seeded, stratified 20% of every class becomes the test set.
 
 MNIST is read from a directory holding the four standard IDX files (``train-images-idx3-ubyte.gz``
 and friends, gzip-compressed or not), looked up in this order:
@@ -21,9 +30,10 @@ import csv
 import gzip
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,10 +53,33 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     n_classes: int
+    #: the class names, in label order (as written in the file)
+    classes: list[str] = field(default_factory=list)
+    #: validation rows carved from the training rows (``carve_validation``); empty if none
+    x_val: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    y_val: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: how the validation rows were chosen (recorded in the run's summary)
+    split: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_features(self) -> int:
         return int(self.x_train.shape[1])
+
+    def carve_validation(self, fraction: float, seed: int = 0) -> Dataset:
+        """A copy whose training rows lose a stratified ``fraction`` to ``x_val``/``y_val``.
+
+        Every class keeps at least one training row and, when it has two or more, gives at
+        least one to validation. ``fraction`` 0 returns the data set unchanged.
+        """
+        if fraction <= 0:
+            return self
+        if not 0 < fraction < 1:
+            raise DataError(f"validation fraction must be in [0, 1), got {fraction}")
+        is_val = stratified_mask(self.y_train, fraction, seed)
+        split = {**self.split, "validation_fraction": fraction, "validation_seed": seed,
+                 "n_validation": int(is_val.sum())}
+        return replace(self, x_train=self.x_train[~is_val], y_train=self.y_train[~is_val],
+                       x_val=self.x_train[is_val], y_val=self.y_train[is_val], split=split)
 
     def subset(self, n_train: int | None, n_test: int | None, seed: int = 0) -> Dataset:
         """A random, class-agnostic subset (for quick runs); ``None`` keeps a split whole."""
@@ -60,48 +93,108 @@ class Dataset:
 
         xtr, ytr = pick(self.x_train, self.y_train, n_train)
         xte, yte = pick(self.x_test, self.y_test, n_test)
-        return Dataset(self.name, xtr, ytr, xte, yte, self.n_classes)
+        return replace(self, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
 
 
 class DataError(Exception):
     """A data set that cannot be found or read."""
 
 
+def stratified_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded boolean mask picking ``round(fraction * n_c)`` rows of every class ``c``
+    (at least one of a class of two or more rows, never all of a class)."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        n = min(len(rows) - 1, max(1, round(fraction * len(rows))))
+        if n > 0:
+            mask[rng.choice(rows, n, replace=False)] = True
+    return mask
+
+
+SCALINGS = ("standard", "minmax", "none")
+
+
+def fit_scaling(x: np.ndarray, kind: str) -> dict[str, Any]:
+    """The per-feature affine map ``(x - shift) / scale`` of ``kind``, fitted on ``x``.
+
+    ``standard``: mean 0 and standard deviation 1 per feature; ``minmax``: each feature's
+    observed range onto [-1, 1]; ``none``: the identity. A constant feature keeps scale 1.
+    Returns ``{"kind", "shift", "scale"}`` (lists of floats: recorded in the run's summary
+    and applied by the network's first block, so prediction maps new rows the same way).
+    """
+    if kind not in SCALINGS:
+        raise DataError(f"unknown scaling {kind!r}; use one of {SCALINGS}")
+    x = np.asarray(x, np.float64)
+    if kind == "standard":
+        shift, scale = x.mean(0), x.std(0)
+    elif kind == "minmax":
+        lo, hi = x.min(0), x.max(0)
+        shift, scale = (lo + hi) / 2, (hi - lo) / 2
+    else:
+        shift, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
+    scale = np.where(scale > 1e-12 * (np.abs(shift) + 1), scale, 1.0)
+    return {"kind": kind, "shift": shift.tolist(), "scale": scale.tolist()}
+
+
 def load_csv(path: str | Path, name: str | None = None, test_fraction: float = 0.2,
              seed: int = 0) -> Dataset:
-    """A CSV with numeric feature columns, an integer ``label`` column and optional ``split``.
-
-    ``split`` values are ``train`` or ``test``; without the column, a seeded stratified-free
-    random ``test_fraction`` of the rows becomes the test set. Labels are remapped to
-    ``0..K-1`` in sorted order if they are not already.
-    """
+    """A CSV data set (format: the module docstring); ``seed`` draws the test split."""
     path = Path(path)
     try:
         with path.open(newline="") as fh:
             rows = list(csv.DictReader(fh))
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path} is not a text CSV file: {exc}") from None
     if not rows or "label" not in rows[0]:
-        raise DataError(f"{path}: needs a header row with a 'label' column")
+        raise DataError(f"{path}: needs a header row with a 'label' column and data rows")
     features = [c for c in rows[0] if c not in ("label", "split")]
-    try:
-        x = np.array([[float(r[c]) for c in features] for r in rows], dtype=np.float32)
-        raw = [int(float(r["label"])) for r in rows]
-    except ValueError as exc:
-        raise DataError(f"{path}: non-numeric value: {exc}") from None
-    classes = sorted(set(raw))
-    y = np.array([classes.index(v) for v in raw], dtype=np.int64)
+    if not features:
+        raise DataError(f"{path}: no feature column beside 'label' and 'split'")
+    x = np.zeros((len(rows), len(features)), np.float32)
+    for i, r in enumerate(rows):
+        try:
+            x[i] = [float(r[c]) for c in features]
+        except (TypeError, ValueError):
+            bad = next(c for c in features if not _is_number(r[c]))
+            raise DataError(f"{path}, data row {i + 1}, column {bad!r}: {r[bad]!r} is not a "
+                            f"number (every column but 'label' and 'split' is a feature; "
+                            f"fill or drop missing values first)") from None
+    if not np.isfinite(x).all():
+        raise DataError(f"{path}: features must be finite (found inf or nan)")
+    raw = [(r["label"] or "").strip() for r in rows]
+    if "" in raw:
+        raise DataError(f"{path}, data row {raw.index('') + 1}: empty label")
+    numeric = all(_is_number(v) and float(v).is_integer() for v in raw)
+    classes = sorted(set(raw), key=(lambda v: float(v)) if numeric else str)
+    index = {c: k for k, c in enumerate(classes)}
+    y = np.array([index[v] for v in raw], dtype=np.int64)
+    if len(classes) < 2:
+        raise DataError(f"{path}: needs at least two classes in 'label'")
     if "split" in rows[0]:
-        split = np.array([r["split"].strip().lower() for r in rows])
+        split = np.array([(r["split"] or "").strip().lower() for r in rows])
         bad = set(split) - {"train", "test"}
         if bad:
             raise DataError(f"{path}: split values must be 'train' or 'test', got {sorted(bad)}")
         is_test = split == "test"
+        how: dict[str, Any] = {"test": "the file's split column"}
     else:
-        rng = np.random.default_rng(seed)
-        is_test = rng.random(len(y)) < test_fraction
+        is_test = stratified_mask(y, test_fraction, seed)
+        how = {"test": "stratified random", "test_fraction": test_fraction, "test_seed": seed}
+    names = [str(int(float(c))) if numeric else c for c in classes]
     return Dataset(name or path.stem, x[~is_test], y[~is_test], x[is_test], y[is_test],
-                   len(classes))
+                   len(classes), names, split=how)
+
+
+def _is_number(text: str | None) -> bool:
+    try:
+        float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def load_vowels() -> Dataset:
@@ -161,6 +254,8 @@ def load_mnist(mnist_dir: str | Path | None = None) -> Dataset:
                 (arrays["test_x"].reshape(-1, 784) / 255.0).astype(np.float32),
                 arrays["test_y"].astype(np.int64),
                 10,
+                [str(k) for k in range(10)],
+                split={"test": "MNIST's own test set"},
             )
     searched = "\n  ".join(str(p) for p in tried)
     raise DataError(

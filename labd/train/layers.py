@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from labd.train.devices import from_host, to_host
 from labd.train.hardware import Hardware
 
 Path = Literal["pat", "model", "hardware"]
@@ -108,15 +109,15 @@ class PhysicalLayer(nn.Module):
         return rows, theta.repeat(batch, 1)
 
     def measure(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """One hardware request for per-shot rows; records the shots if a recorder is set."""
+        """One hardware request for per-shot rows; records the shots if a recorder is set.
+        The rows go to the host and the measurement comes back to ``x``'s device."""
         if self.hardware is None:
             raise RuntimeError(f"layer on {self.system!r} has no hardware to measure on")
-        xn = x.numpy()
-        tn = theta.numpy()
+        xn, tn = to_host(x), to_host(theta)
         y = self.hardware.forward(xn, tn)
         if self.recorder is not None:
             self.recorder(xn, tn, y)
-        return torch.from_numpy(np.array(y))
+        return from_host(np.array(y), x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]

@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from labd.train.devices import from_host, to_host
 from labd.train.layers import PhysicalLayer, PhysicalNetwork
 
 #: Layers with at most this many outputs get Jacobians (``JacobianPoint``) in steps no
@@ -97,8 +98,8 @@ class JacobianPoint:
             tg.requires_grad_(True)
             y = layer.model(xg, tg)
             outputs = y.shape[1]
-            basis = torch.eye(outputs, dtype=y.dtype).unsqueeze(1).expand(outputs, rows,
-                                                                          outputs)
+            eye = torch.eye(outputs, dtype=y.dtype, device=y.device)
+            basis = eye.unsqueeze(1).expand(outputs, rows, outputs)
             jx, jtheta = torch.autograd.grad(y, (xg, tg), basis, is_grads_batched=True)
         return cls(jx, jtheta, shared)
 
@@ -133,8 +134,8 @@ def _send(layer: PhysicalLayer, rows: torch.Tensor, theta: torch.Tensor
     hw = layer.hardware
     if hw is None:
         raise RuntimeError(f"layer on {layer.system!r} has no hardware to measure on")
-    xn = np.clip(rows.numpy(), *hw.input_range).astype(np.float32, copy=False)
-    tn = np.clip(theta.numpy(), *hw.param_range).astype(np.float32, copy=False)
+    xn = np.clip(to_host(rows), *hw.input_range).astype(np.float32, copy=False)
+    tn = np.clip(to_host(theta), *hw.param_range).astype(np.float32, copy=False)
     rid = hw.client.submit(hw.system, xn, tn)
     hw.queries += int(xn.shape[0])
     hw.requests += 1
@@ -419,7 +420,7 @@ class Pipeline:
         assert hw is not None
         result = hw.client.result(entry.rid, retry=True)  # retried as ``measure`` is
         self.instrument_s += result.elapsed_s
-        y = torch.from_numpy(np.array(result.y, dtype=np.float32))
+        y = from_host(np.array(result.y, dtype=np.float32), entry.layer.raw_theta)  # device
         if isinstance(entry.owner, _EvalFlow):
             self._advance_eval(entry.owner, y, eager)
         return entry, y
@@ -535,7 +536,7 @@ class Pipeline:
             return None
         y_all = torch.cat(m.measured[k])
         if layer.recorder is not None:  # the minibatch's rows at once, as the plain loop
-            layer.recorder(*m.joined(m.arrays[k]), y_all.numpy())
+            layer.recorder(*m.joined(m.arrays[k]), to_host(y_all))
         out = MeasuredPAT.apply(*m.inputs[k], m.points[k], y_all).reshape(
             y_all.shape[0] // layer.units, layer.units * layer.output_dim)
         if k + 1 < len(m.layers):

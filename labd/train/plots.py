@@ -1,7 +1,8 @@
 """Figures of a run and of a twin (matplotlib, Agg backend: files only, no display).
 
-* ``learning_curves(rows, path)``: train accuracy (training path) and test accuracy (measured
-  on the hardware; and on the digital model in the digital modes) per epoch.
+* ``learning_curves(rows, path)``: train accuracy (training path), validation accuracy (when
+  there are validation rows; the epoch kept is marked) and test accuracy (measured on the
+  hardware; and on the digital model in the digital modes) per epoch.
 * ``confusion(matrix, path)``: the test confusion matrix on the hardware.
 * ``physical_outputs(examples, labels, path)``: each physical layer's measured outputs for a
   few test samples.
@@ -20,11 +21,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
-def learning_curves(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
+def learning_curves(rows: list[dict[str, Any]], path: str | Path, title: str = "",
+                    best_epoch: int | None = None) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [r["epoch"] for r in rows]
     ax.plot(epochs, [r["train_acc"] for r in rows], label="train (training path)")
+    if any(r.get("val_acc") is not None for r in rows):
+        ax.plot(epochs, [r.get("val_acc") for r in rows], label="validation")
     ax.plot(epochs, [r["test_acc"] for r in rows], label="test (hardware)")
+    if best_epoch is not None:
+        ax.axvline(best_epoch, color="grey", lw=0.8, ls=":", label=f"kept: epoch {best_epoch}")
     if any(r.get("test_acc_model") is not None for r in rows):
         ax.plot(epochs, [r.get("test_acc_model") for r in rows], "--",
                 label="test (digital model)")

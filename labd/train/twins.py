@@ -162,13 +162,14 @@ class Twin(nn.Module):
     @torch.no_grad()
     def calibrate(self, data: TwinData) -> None:
         """Output statistics, and the nominal's gain and offset by least squares per output."""
-        y = torch.from_numpy(data.y)
+        device = self.y_mean.device
+        y = torch.from_numpy(data.y).to(device)
         self.y_mean.copy_(y.mean(0))
         self.y_std.copy_(y.std(0).clamp_min(1e-6 * float(y.abs().mean()) + 1e-12))
         if self.nominal is None:
             return
-        m = torch.cat([self.nominal(torch.from_numpy(data.x[i:i + 4096]),
-                                    torch.from_numpy(data.theta[i:i + 4096]))
+        m = torch.cat([self.nominal(torch.from_numpy(data.x[i:i + 4096]).to(device),
+                                    torch.from_numpy(data.theta[i:i + 4096]).to(device))
                        for i in range(0, len(y), 4096)])
         mc, yc = m - m.mean(0), y - y.mean(0)
         gain = (mc * yc).sum(0) / (mc * mc).sum(0).clamp_min(1e-30)
@@ -182,10 +183,20 @@ def nrmse(twin: nn.Module, x: np.ndarray, theta: np.ndarray, y: np.ndarray) -> f
     return float(np.sqrt(np.mean((pred - y) ** 2)) / (np.std(y) + 1e-30))
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (CPU for a model with neither)."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray, theta: np.ndarray, batch: int = 4096) -> np.ndarray:
-    out = [model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch])),
-                 torch.from_numpy(np.ascontiguousarray(theta[i:i + batch]))).numpy()
+    """The model's ``y`` for host arrays, computed on the model's device, returned on the host."""
+    device = device_of(model)
+    out = [model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch])).to(device),
+                 torch.from_numpy(np.ascontiguousarray(theta[i:i + batch])).to(device)
+                 ).cpu().numpy()
            for i in range(0, len(x), batch)]
     return np.concatenate(out)
 
@@ -198,7 +209,7 @@ def _train(twin: Twin, x: torch.Tensor, theta: torch.Tensor, y: torch.Tensor, ep
     inv_std = 1 / twin.y_std
     bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress)
     for _ in bar:
-        perm = torch.randperm(len(y), generator=gen)
+        perm = torch.randperm(len(y), generator=gen, device=y.device)
         total = 0.0
         for i in range(0, len(y), batch):
             idx = perm[i:i + batch]
@@ -215,8 +226,9 @@ def fit_twin(data: TwinData | Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]
              description: dict[str, Any] | None = None, family: str = "mlp",
              hidden: tuple[int, ...] = (256, 256), epochs: int = 60, lr: float = 3e-3,
              batch: int = 256, holdout: float = 0.1, seed: int = 0,
-             progress: bool = True) -> tuple[Twin, dict[str, Any]]:
-    """Fit a twin; returns it with a report (held-out NRMSE, the nominal's, sample counts)."""
+             progress: bool = True, device: str = "cpu") -> tuple[Twin, dict[str, Any]]:
+    """Fit a twin (on ``device``, where it stays); returns it with a report (held-out NRMSE,
+    the nominal's, sample counts)."""
     if not isinstance(data, TwinData):
         data = _concat(data)
         data.description = dict(description or {})
@@ -224,12 +236,12 @@ def fit_twin(data: TwinData | Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]
     if not description:
         raise ValueError("fit_twin needs the system's description (dimensions and ranges)")
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device).manual_seed(seed)
     n = len(data.y)
     perm = np.random.default_rng(seed).permutation(n)
     n_val = max(1, round(n * holdout))
     val, tr = perm[:n_val], perm[n_val:]
-    twin = Twin(description, family, hidden)
+    twin = Twin(description, family, hidden).to(device)
     train_part = TwinData(data.x[tr], data.theta[tr], data.y[tr])
     twin.calibrate(train_part)
     report: dict[str, Any] = {"family": family, "n_train": len(tr), "n_holdout": int(n_val)}
@@ -237,8 +249,8 @@ def fit_twin(data: TwinData | Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]
         report["nominal_nrmse"] = nrmse(twin.nominal, data.x[val], data.theta[val], data.y[val])
         report["calibrated_nominal_nrmse"] = nrmse(twin, data.x[val], data.theta[val],
                                                    data.y[val])
-    tensors = [torch.from_numpy(np.ascontiguousarray(a[tr])) for a in (data.x, data.theta,
-                                                                       data.y)]
+    tensors = [torch.from_numpy(np.ascontiguousarray(a[tr])).to(device)
+               for a in (data.x, data.theta, data.y)]
     _train(twin, *tensors, epochs=epochs, lr=lr, batch=batch, gen=gen, progress=progress,
            desc=f"fit {family} twin")
     twin.eval()
@@ -278,11 +290,11 @@ def save_twin(path: str | Path, twin: Twin, report: dict[str, Any]) -> Path:
     return _sidecar(path)
 
 
-def load_twin(path: str | Path) -> Twin:
+def load_twin(path: str | Path, device: str = "cpu") -> Twin:
     path = Path(path)
     meta = json.loads(_sidecar(path).read_text())
-    twin = Twin(meta["description"], meta["family"], tuple(meta["hidden"]))
-    twin.load_state_dict(torch.load(path, weights_only=True))
+    twin = Twin(meta["description"], meta["family"], tuple(meta["hidden"])).to(device)
+    twin.load_state_dict(torch.load(path, weights_only=True, map_location=device))
     twin.eval()
     return twin
 
@@ -329,12 +341,13 @@ class TwinRefiner:
         bx, bt, by = (np.concatenate(a) for a in (self._x, self._t, self._y))
         half = self.batch // 2
         self.twin.train()
+        device = device_of(self.twin)
         for _ in range(self.steps):
             i = self.rng.integers(0, len(by), half)
             j = self.rng.integers(0, len(self.data.y), self.batch - half)
-            x = torch.from_numpy(np.concatenate([bx[i], self.data.x[j]]))
-            t = torch.from_numpy(np.concatenate([bt[i], self.data.theta[j]]))
-            y = torch.from_numpy(np.concatenate([by[i], self.data.y[j]]))
+            x = torch.from_numpy(np.concatenate([bx[i], self.data.x[j]])).to(device)
+            t = torch.from_numpy(np.concatenate([bt[i], self.data.theta[j]])).to(device)
+            y = torch.from_numpy(np.concatenate([by[i], self.data.y[j]])).to(device)
             loss = (((self.twin(x, t) - y) / self.twin.y_std) ** 2).mean()
             self.opt.zero_grad()
             loss.backward()
