@@ -56,6 +56,18 @@ def span(a: np.ndarray) -> tuple[float, float]:
     return math.nan, math.nan
 
 
+def float32_bounds(lo: float, hi: float) -> tuple[float, float]:
+    """``[lo, hi]`` widened by four float32 steps of its larger end (about 5e-7 of it).
+
+    Arrays on the wire and drive patterns are float32: a value clipped into a range in
+    float32 may round past its end (0.8 becomes 0.800000012), and a pattern computed in
+    float32 may land a step or two past the float64 span of the ranges. Ranges and limits are
+    compared with float32 data through these bounds, so rounding is never refused while
+    anything really outside still is."""
+    step = 4 * float(np.finfo(np.float32).eps) * max(abs(lo), abs(hi))
+    return lo - step, hi + step
+
+
 class InstrumentError(Exception):
     """An instrument failed. ``retryable`` says whether reopening and retrying may succeed
     (a timeout, a dropped link: yes; a wrong instrument, an error the instrument reports about
@@ -249,6 +261,7 @@ class Drive(Instrument, ABC):
             raise ValueError(f"{name}: limits must be [lo, hi] with lo < hi, got {limits}")
         self.channels = channels
         self.limits = (lo, hi)
+        self._limits32 = float32_bounds(lo, hi)
 
     def output(self, patterns: np.ndarray) -> None:
         """Check ``patterns`` ([B, channels]) against the limits, then play them."""
@@ -259,7 +272,7 @@ class Drive(Instrument, ABC):
         if self.max_shots is not None and patterns.shape[0] > self.max_shots:
             raise LimitError(f"{self.name}: holds at most {self.max_shots} pattern(s), "
                              f"got {patterns.shape[0]}")
-        lo, hi = self.limits
+        lo, hi = self._limits32 if patterns.dtype == np.float32 else self.limits
         pmin, pmax = span(patterns)
         if pmin != pmin:  # NaN: the patterns hold NaN or inf
             raise LimitError(f"{self.name}: patterns contain NaN or inf; nothing was sent")

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from drivers import plugins
-from drivers.base import Detector, Drive, Instrument
+from drivers.base import Detector, Drive, Instrument, float32_bounds
 from drivers.physics.encoding import Mapping
 from drivers.plugins import PluginError
 from drivers.sim.bench import Bench
@@ -96,7 +96,7 @@ def _instrument(role: type[Instrument], system: str, table: dict[str, Any],
 def _check_fit(mapping: Mapping, drive: Drive, detector: Detector) -> list[str]:
     """Problems between the mapping and the made instruments: limits, trace length."""
     problems = []
-    (lo, hi), (llo, lhi) = mapping.drive_span(), drive.limits
+    (lo, hi), (llo, lhi) = mapping.drive_span(), float32_bounds(*drive.limits)
     if lo < llo or hi > lhi:
         enc = mapping.encoding
         problems.append(

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from drivers import plugins
-from drivers.base import Detector, Drive, InstrumentError, LimitError, span
+from drivers.base import Detector, Drive, InstrumentError, LimitError, float32_bounds, span
 from drivers.plugins import PluginError
 from drivers.rig import RigError, build_rig
 from labd.config import ConfigError, DaemonConfig, SystemConfig
@@ -67,6 +67,9 @@ class PhysicalSystem:
         self.detector = detector
         self.nominal = nominal
         self.chunk = min(config.max_batch, drive.max_shots or config.max_batch)
+        # x and theta are float32: their ranges are checked at the ends float32 holds
+        self._input_range32 = float32_bounds(*self.mapping.input_range)
+        self._param_range32 = float32_bounds(*self.mapping.param_range)
 
     @classmethod
     def from_config(cls, name: str, config: SystemConfig) -> PhysicalSystem:
@@ -134,7 +137,8 @@ class PhysicalSystem:
                                 f"theta must be float32 [{c.param_dim}] or [B={x.shape[0]}, "
                                 f"{c.param_dim}] for system {self.name!r}, got "
                                 f"{theta.dtype.name} {list(theta.shape)}")
-        for label, a, (lo, hi) in (("x", x, c.input_range), ("theta", theta, c.param_range)):
+        for label, a, (lo, hi) in (("x", x, self._input_range32),
+                                   ("theta", theta, self._param_range32)):
             if a.size == 0:
                 continue
             amin, amax = span(a)
