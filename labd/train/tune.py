@@ -5,8 +5,9 @@ Contract of ``tune(TuneConfig)``:
 * the study lives in Optuna's storage: ``sqlite:///OUT/study.db`` by default, or any URL
   Optuna accepts (``postgresql://...``, ``mysql://...``): trainers on several machines that
   name the same storage and study share it, each against its own rigs. The study remembers
-  the task, data, system and mode it was made for; another one under the same name is
-  refused.
+  the task, data, system and mode it was made for (a CSV by the SHA-256 of its bytes: each
+  machine keeps its copy where and under what name it likes); another one under the same
+  name is refused.
 * every trial is a normal run folder, ``OUT/trials/trial-NNNN`` (``labd.train.run``): its
   ``design.toml``, ``metrics.csv``, ``summary.json`` and plots. The objective is the run's
   best validation accuracy (the rows the design never trains on; never the test set). A
@@ -24,7 +25,8 @@ Contract of ``tune(TuneConfig)``:
   ``timeout`` (seconds) bounds one invocation.
 * after every finished trial the best design so far (highest validation accuracy; ties: the
   lower validation loss) is written to ``OUT/best-design.toml``, which
-  ``labd train --design`` reads.
+  ``labd train --design`` reads. Every trial keeps its design in the study, so the best one
+  is written on any machine, also when another machine ran it.
 
 Expected failures (Optuna missing, a storage URL that cannot be opened, an unreachable
 daemon, a study made for other data) raise ``TuneError`` with a message saying what to do.
@@ -33,6 +35,7 @@ daemon, a study made for other data) raise ``TuneError`` with a message saying w
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import queue
@@ -184,21 +187,38 @@ def best_trial(study: Any) -> Any | None:
 
 
 def write_best(study: Any, out: Path, command: str) -> Path | None:
-    """``OUT/best-design.toml`` from the best trial's own ``design.toml`` (None: no trial)."""
+    """``OUT/best-design.toml``: the best trial's design, as the study keeps it (the trial
+    may have run on another machine); None: no trial completed."""
+    from labd.train import designfile
+
     trial = best_trial(study)
     if trial is None:
         return None
-    design = Path(trial.user_attrs["run_dir"]) / "design.toml"
-    body = design.read_text().split("[design]", 1)[1]
-    header = (f"# Best design of study {study.study_name!r} after {len(finished(study))} "
-              f"trials: trial {trial.number},\n# validation accuracy {trial.value:.4f}, test "
-              f"accuracy {trial.user_attrs.get('test_accuracy', float('nan')):.4f} "
-              f"(run folder {trial.user_attrs['run_dir']}).\n# Train with it: {command}\n")
+    attrs = trial.user_attrs
+    arch = designfile.apply(Arch(), attrs["design"], f"trial {trial.number}'s design")
+    comment = (f"Best design of study {study.study_name!r} after {len(finished(study))} "
+               f"trials: trial {trial.number},\nvalidation accuracy {trial.value:.4f}, test "
+               f"accuracy {attrs.get('test_accuracy', float('nan')):.4f} (run folder "
+               f"{attrs['run_dir']} on {attrs.get('host', '?')}).\nTrain with it: {command}")
     path = out / "best-design.toml"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(header + "[design]" + body)
+    designfile.save(tmp, arch, comment)
     tmp.replace(path)
     return path
+
+
+def data_identity(data: str | Path) -> str:
+    """A CSV as a study remembers it: the SHA-256 of its bytes (the same on every machine,
+    wherever the copy sits and whatever its name)."""
+    path = Path(data)
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise TuneError(f"cannot read {path}: {exc.strerror}") from None
+    return f"sha256:{digest.hexdigest()}"
 
 
 def tune(cfg: TuneConfig) -> dict[str, Any]:
@@ -211,13 +231,13 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     if unknown:
         raise TuneError(f"cannot search {unknown}; searchable: {sorted(SPACE)}")
     cfg.out.mkdir(parents=True, exist_ok=True)
-    what = {"task": cfg.task, "data": str(Path(cfg.data).resolve()) if cfg.data else None,
+    what = {"task": cfg.task, "data": data_identity(cfg.data) if cfg.data else None,
             "system": cfg.system, "mode": cfg.mode}
     study = open_study(cfg, what)
     retried = _retry_dead_trials(study)
     started = time.perf_counter()
     source = f"--task {cfg.task}" if cfg.task else f"--data {cfg.data}"
-    command = (f"labd train {source} --system {cfg.system} --mode {cfg.mode} "
+    command = (f"labd train {source} --system {cfg.system} --mode {cfg.mode} --seed {cfg.seed} "
                f"--design {cfg.out / 'best-design.toml'} --out RUN")
     with run.daemon_endpoints(cfg.endpoints) as eps:
         setup = _prepare(cfg, eps)
@@ -295,6 +315,7 @@ def _trial(trial: Any, cfg: TuneConfig, arch: Arch, endpoint: str,
     if arch.readout == "groups" and arch.units * setup["output_dim"] < setup["n_classes"]:
         raise optuna.TrialPruned("fewer physical outputs than classes for a groups readout")
     run_dir = cfg.out / "trials" / f"trial-{trial.number:04d}"
+    trial.set_user_attr("design", arch.to_dict())
     trial.set_user_attr("run_dir", str(run_dir))
     trial.set_user_attr("endpoint", endpoint)
 

@@ -117,11 +117,42 @@ def test_tune_errors_are_one_line(daemon: LocalDaemon, tmp_path: Path) -> None:
         assert done.returncode == 2, done.stderr
         said = (done.stdout + done.stderr).strip()  # the one line (labd's trainer: stdout)
         assert message in said and "Traceback" not in said and len(said.splitlines()) == 1
-    # a study made for other data is refused, not mixed
-    (tmp_path / "other.csv").write_text((tmp_path / "d.csv").read_text())
+    # a study made for other data is refused, not mixed (other rows, not another path)
+    _csv(tmp_path / "other.csv", seed=1)
     shared = ["--storage", f"sqlite:///{tmp_path / 's.db'}", "--out", str(tmp_path / "d"),
               "--endpoint", f"tcp://127.0.0.1:{free_port()}"]
     _labd(*common, *shared)
     other = _labd("tune", "--data", str(tmp_path / "other.csv"), "--system", "loopback",
                   "--n-trials", "1", *shared)
     assert other.returncode == 2 and "was made for" in other.stdout + other.stderr
+
+
+def test_a_study_shared_by_two_machines(daemon: LocalDaemon, tmp_path: Path) -> None:
+    """Machine B joins machine A's study through the storage URL with its own copy of the
+    data (another path, another name) and writes the best design, which A's trial found and
+    whose run folder exists only on A."""
+    from labd.train import designfile
+    from labd.train.arch import Arch
+    from labd.train.tune import TuneConfig, tune
+
+    (tmp_path / "base.toml").write_text(BASE)
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    common = dict(system="loopback", n_trials=1, endpoints=[daemon.endpoint], storage=storage,
+                  study="shared", search=["lr"], design=tmp_path / "base.toml", progress=False)
+    (tmp_path / "a").mkdir()
+    data_a = _csv(tmp_path / "a" / "d.csv")
+    tune(TuneConfig(out=tmp_path / "a" / "tune", data=data_a, **common))
+    (tmp_path / "b").mkdir()
+    data_b = tmp_path / "b" / "mine.csv"
+    data_b.write_bytes(data_a.read_bytes())
+    for folder in (tmp_path / "a" / "tune" / "trials").iterdir():  # on machine A only
+        for path in folder.rglob("*"):
+            if path.is_file():
+                path.unlink()
+    report = tune(TuneConfig(out=tmp_path / "b" / "tune", data=data_b, **common))
+    assert report["finished_trials"] == 1 and report["best"]["trial"] == 0
+    study = optuna.load_study(study_name="shared", storage=storage)
+    assert len(study.trials) == 1  # the budget was spent on A: B ran nothing
+    best = designfile.load(tmp_path / "b" / "tune" / "best-design.toml", Arch())
+    assert best.lr == pytest.approx(study.trials[0].params["lr"])
+    assert best.epochs == 4 and best.twin_hidden == (32,)  # the rest of A's base design
