@@ -268,7 +268,7 @@ def twin_collect(args: argparse.Namespace) -> int:
         with daemon_endpoints([args.endpoint] if args.endpoint else None, args.config) as eps, \
                 Connections() as conns:
             hw = conns.hardware(eps[0], args.system)
-            data = collect(hw, args.samples, args.repeats, seed=args.seed)
+            data = collect(hw, args.samples, args.repeats, seed=args.seed, progress=True)
         data.save(args.out)
     except EXPECTED as exc:
         return _failed("twin collect", exc, f"; nothing was written to {args.out}")
@@ -288,9 +288,12 @@ def add_twin_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", type=int, help="with --from-store: only this daemon run")
     p.add_argument("--out", required=True, metavar="TWIN.pt", help="twin (+ TWIN.json sidecar)")
     p.add_argument("--family", choices=["mlp", "residual"],
-                   help="default: residual when the system kind has a nominal model")
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
+                   help="residual: the system's nominal model with a learned correction "
+                        "(the default when it has one); mlp: from the measurements alone "
+                        "(the default otherwise, said in a warning)")
+    p.add_argument("--epochs", type=int, help="default: the family's (labd.train.twins.EPOCHS)")
+    p.add_argument("--hidden", type=int, nargs="+",
+                   help="hidden layer sizes; default: the family's (labd.train.twins.HIDDEN)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -319,9 +322,17 @@ def _stored(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]:
 
 
 def twin_fit(args: argparse.Namespace) -> int:
+    from drivers.physics.nominal import NoNominalModel
     from labd.train import plots
-    from labd.train.run import twin_family
-    from labd.train.twins import TwinData, fit_twin, predict, save_twin
+    from labd.train.twins import (
+        NO_NOMINAL_TWIN,
+        WHAT,
+        TwinData,
+        default_family,
+        fit_twin,
+        predict,
+        save_twin,
+    )
 
     try:
         if args.from_store:
@@ -330,18 +341,21 @@ def twin_fit(args: argparse.Namespace) -> int:
             data = TwinData.load(args.data)
             source, description, (x, theta, y) = data, data.description, (
                 data.x, data.theta, data.y)
-    except EXPECTED as exc:
-        return _failed("twin fit", exc)
-    family = args.family or twin_family(description)
-    twin, report = fit_twin(source, description, family, hidden=tuple(args.hidden),
-                            epochs=args.epochs, seed=args.seed)
+        family = args.family or default_family(description)
+        if family == "mlp" and not args.family:
+            log.warning(NO_NOMINAL_TWIN, description.get("name"))
+        twin, report = fit_twin(source, description, family,
+                                hidden=tuple(args.hidden) if args.hidden else None,
+                                epochs=args.epochs, seed=args.seed, progress=True)
+    except (*EXPECTED, NoNominalModel) as exc:
+        return _failed("twin fit", exc, f"; nothing was written to {args.out}")
     sidecar = save_twin(args.out, twin, report)
     n = min(2000, len(y))
     png = Path(args.out).with_suffix(".png")
     plots.twin_scatter(predict(twin, x[-n:], theta[-n:]), y[-n:], png,
                        f"{description.get('name')} twin ({family})")
-    print(f"twin ({family}) held-out NRMSE {report['holdout_nrmse']:.4f} -> {args.out}, "
-          f"{sidecar}, {png}")
+    print(f"twin ({family}: {WHAT[family]}) held-out NRMSE {report['holdout_nrmse']:.4f} -> "
+          f"{args.out}, {sidecar}, {png}")
     return 0
 
 

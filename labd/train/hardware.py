@@ -6,6 +6,10 @@ declared ranges (the daemon rejects anything outside with ``out_of_range``; clip
 removes float rounding at the edges, the trainer's reparametrisations keep values inside) and
 counts every row sent as one *physical query* (one shot of the instrument).
 
+``connect(endpoint, system, curve=...)`` is the one-line form for a notebook or a script: a
+``Hardware`` on its own ``LabClient`` (CURVE keys from ``labd.client.curve_keys`` when the daemon
+requires them), closed by ``close()`` or a ``with`` block.
+
 ``Connections`` opens one ``LabClient`` per endpoint and shares it between the layers that live
 on the same daemon; a network may span several daemons (one endpoint per layer).
 """
@@ -25,18 +29,33 @@ class ClientLike(Protocol):
 
 
 class Hardware:
-    """One system on one daemon; ``queries`` counts shots, ``busy_s`` the time spent waiting."""
+    """One system on one daemon; ``queries`` counts shots, ``busy_s`` the time spent waiting.
 
-    def __init__(self, client: ClientLike, system: str, endpoint: str = "") -> None:
+    ``description`` is the daemon's ``describe`` of the system; its dimensions and ranges are
+    also attributes (``input_dim``, ``param_dim``, ``output_dim``, ``input_range``,
+    ``param_range``). ``owns_client``: ``close()`` closes the client too (``connect``).
+    """
+
+    def __init__(self, client: ClientLike, system: str, endpoint: str = "",
+                 owns_client: bool = False) -> None:
         self.client = client
         self.system = system
         self.endpoint = endpoint
+        self.owns_client = owns_client
         self.description: dict[str, Any] = dict(client.describe(system))
+        self.input_dim = int(self.description["input_dim"])
+        self.param_dim = int(self.description["param_dim"])
+        self.output_dim = int(self.description["output_dim"])
         self.input_range = tuple(float(v) for v in self.description["input_range"])
         self.param_range = tuple(float(v) for v in self.description["param_range"])
         self.queries = 0
         self.requests = 0
         self.busy_s = 0.0
+
+    def __repr__(self) -> str:
+        return (f"Hardware({self.system!r} at {self.endpoint or 'a client'}: "
+                f"{self.input_dim} inputs, {self.param_dim} parameters, {self.output_dim} "
+                f"outputs; {self.queries} shots so far)")
 
     def forward(self, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
         """Measured ``y`` [B, output_dim] (float32) for x [B, input_dim], theta [P] or [B, P]."""
@@ -49,6 +68,34 @@ class Hardware:
         self.queries += int(x.shape[0])
         self.requests += 1
         return np.asarray(y, dtype=np.float32)
+
+    def close(self) -> None:
+        """Close the client if this ``Hardware`` owns it (``connect``); else nothing."""
+        if self.owns_client:
+            self.client.close()  # type: ignore[attr-defined]
+
+    def __enter__(self) -> Hardware:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(endpoint: str, system: str, curve: dict[str, bytes] | None = None,
+            timeout_s: float = 120.0) -> Hardware:
+    """``system`` on the daemon at ``endpoint`` (e.g. ``"tcp://labpc:5555"``), on a client of
+    its own; ``curve``: the daemon's and this client's keys, ``labd.client.curve_keys(
+    "server.key", "NAME.key_secret")``, when the daemon requires CURVE. Raises the client's
+    ``LabError`` (``UnknownSystem``, ``ReplyTimeout``, ``Unauthorized``) if it cannot describe
+    the system; nothing is left open then."""
+    from labd.client import LabClient
+
+    client = LabClient(endpoint, timeout_s=timeout_s, curve=curve)
+    try:
+        return Hardware(client, system, endpoint, owns_client=True)
+    except BaseException:
+        client.close()
+        raise
 
 
 class Connections:

@@ -1,13 +1,18 @@
 """Physical layers and the physics-aware training (PAT) autograd function.
 
+``PATFunction`` is PAT itself, for any experiment: ``pat(experiment, model)`` is the function
+``(x, theta) -> y`` whose forward pass is ``experiment(x, theta)`` (any callable: a daemon's
+system, an instrument in this process, a simulation) and whose backward pass is the
+vector-Jacobian product of the differentiable ``model`` at the same ``(x, theta)``, with
+``dL/dy`` taken at the *measured* ``y``. Gradients reach ``theta`` and ``x`` (so earlier layers
+train too).
+
 ``PhysicalLayer`` holds the trainable parameters ``theta`` of one physical system (optionally
 ``units`` independent copies used side by side, e.g. several SHG passes in one hybrid layer) and
 computes ``y = f(x, theta)`` in one of three ways, chosen by ``layer.path``:
 
-* ``"pat"``: the hardware computes ``y`` (one daemon request per batch); the backward pass is the
-  vector-Jacobian product of the digital model ``f_m`` (a twin or the nominal model) evaluated
-  at the same ``(x, theta)`` that went to the hardware, with ``dL/dy`` taken at the *measured*
-  ``y``. Gradients reach ``theta`` and ``x`` (so earlier layers train too).
+* ``"pat"``: the hardware computes ``y`` (one daemon request per batch), backward through the
+  digital model ``f_m`` (a twin, the nominal model, or any differentiable callable) by PAT.
 * ``"model"``: ``f_m`` forward and backward, entirely digital (in-silico and twin training).
 * ``"hardware"``: the hardware, without gradients (evaluation of any mode on the device).
 
@@ -27,6 +32,7 @@ when set, receives every hardware measurement made in ``pat`` path, for twin ref
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path as FilePath
 from typing import Any, Literal
 
 import numpy as np
@@ -38,39 +44,83 @@ from labd.train.hardware import Hardware
 
 Path = Literal["pat", "model", "hardware"]
 Recorder = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+#: ``(x, theta) -> y``: tensors in; a tensor or an array out.
+Experiment = Callable[[torch.Tensor, torch.Tensor], Any]
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class PATFunction(torch.autograd.Function):
-    """Forward on the hardware, backward through the digital model at the same point."""
+    """``PATFunction.apply(x, theta, experiment, model)``: ``y = experiment(x, theta)`` (given
+    detached tensors), backward through ``model`` at the same point (module docstring)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, theta: torch.Tensor,  # type: ignore[override]
-                layer: PhysicalLayer) -> torch.Tensor:
-        y = layer.measure(x.detach(), theta.detach())
+                experiment: Experiment, model: Model) -> torch.Tensor:
+        y = experiment(x.detach(), theta.detach())
+        y = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
+        y = y.to(device=x.device, dtype=x.dtype)
         ctx.save_for_backward(x, theta)
-        ctx.layer = layer
+        ctx.model = model
         return y
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         x, theta = ctx.saved_tensors
+        need_x, need_theta = ctx.needs_input_grad[:2]
         with torch.enable_grad():
-            xg = x.detach().requires_grad_(ctx.needs_input_grad[0])
-            tg = theta.detach().requires_grad_(True)
-            y_model = ctx.layer.model(xg, tg)
+            xg = x.detach().requires_grad_(need_x)
+            tg = theta.detach().requires_grad_(need_theta)
             wrt = [t for t in (xg, tg) if t.requires_grad]
-            grads = torch.autograd.grad(y_model, wrt, grad_y)
-        gx = grads[0] if ctx.needs_input_grad[0] else None
-        return gx, grads[-1], None
+            grads = list(torch.autograd.grad(ctx.model(xg, tg), wrt, grad_y)) if wrt else []
+        gx = grads.pop(0) if need_x else None
+        gtheta = grads.pop(0) if need_theta else None
+        return gx, gtheta, None, None
+
+
+def pat(experiment: Experiment, model: Model) -> Callable[[torch.Tensor, torch.Tensor],
+                                                          torch.Tensor]:
+    """PAT for any experiment: ``f(x, theta)`` measured by ``experiment`` and differentiated
+    through ``model`` (the paper's ``make_pat_func``, with parameters). E.g.
+    ``f = pat(hardware_forward, twin); loss(f(x, theta)).backward()``."""
+
+    def f(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        return PATFunction.apply(x, theta, experiment, model)  # type: ignore[no-any-return]
+
+    return f
+
+
+def digital_model(model: Model | str | FilePath, description: dict[str, Any]) -> Model:
+    """A layer's digital model: ``model`` itself if callable, ``"nominal"``: the system's
+    nominal model (``drivers.physics.nominal``), else the path of a twin file (``load_twin``)."""
+    if callable(model):
+        return model
+    if model == "nominal":
+        from drivers.physics.nominal import nominal_model
+
+        return nominal_model(description)
+    from labd.train.twins import load_twin
+
+    return load_twin(model)
 
 
 class PhysicalLayer(nn.Module):
-    """``units`` copies of one system: x ``[B, units*input_dim]`` -> y ``[B, units*output_dim]``."""
+    """``units`` copies of one system: x ``[B, units*input_dim]`` -> y ``[B, units*output_dim]``.
 
-    def __init__(self, description: dict[str, Any], model: nn.Module,
+    ``device``: the ``Hardware`` to measure on (``labd.train.hardware.connect``), or the
+    system's description (then ``hardware`` measures, or the layer is digital only).
+    ``model``: the differentiable ``f_m(x, theta)`` of PAT's backward pass and of the ``model``
+    path, as ``digital_model`` takes it (a twin, any callable, ``"nominal"``, a twin's file).
+    The initial ``theta`` is uniform in the middle 80% of the range (``generator``'s draws).
+    """
+
+    def __init__(self, device: Hardware | dict[str, Any], model: Model | str | FilePath,
                  hardware: Hardware | None = None, units: int = 1,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
+        if isinstance(device, Hardware):
+            hardware = device
+        description = hardware.description if isinstance(device, Hardware) else device
+        model = digital_model(model, description)
         self.description = dict(description)
         self.system = str(description["name"])
         self.input_dim = int(description["input_dim"])
@@ -83,15 +133,17 @@ class PhysicalLayer(nn.Module):
         self.path: Path = "pat"
         self.recorder: Recorder | None = None
         object.__setattr__(self, "_model", model)  # deliberately not a submodule
+        if units < 1:
+            raise ValueError(f"units must be at least 1, got {units}")
         u = torch.rand(units, self.param_dim, generator=generator) * 0.8 + 0.1
         self.raw_theta = nn.Parameter(torch.logit(u))
 
     @property
-    def model(self) -> nn.Module:
+    def model(self) -> Model:
         return self._model  # type: ignore[no-any-return]
 
     @model.setter
-    def model(self, model: nn.Module) -> None:
+    def model(self, model: Model) -> None:
         object.__setattr__(self, "_model", model)
 
     def theta(self) -> torch.Tensor:
@@ -119,11 +171,20 @@ class PhysicalLayer(nn.Module):
             self.recorder(xn, tn, y)
         return from_host(np.array(y), x)
 
+    def extra_repr(self) -> str:
+        where = f" at {self.hardware.endpoint}" if self.hardware and self.hardware.endpoint else ""
+        return (f"system={self.system!r}{where}, units={self.units}, "
+                f"{self.units * self.input_dim} -> {self.units * self.output_dim}, "
+                f"path={self.path!r}")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
+        if x.ndim != 2 or x.shape[1] != self.units * self.input_dim:
+            raise ValueError(f"layer on {self.system!r} takes [batch, "
+                             f"{self.units * self.input_dim}] inputs, got {list(x.shape)}")
         rows, theta = self._rows(x)
         if self.path == "pat":
-            y = PATFunction.apply(rows, theta, self)
+            y = PATFunction.apply(rows, theta, self.measure, self.model)
         elif self.path == "model":
             y = self.model(rows, theta)
         else:
@@ -227,15 +288,22 @@ class PhysicalNetwork(nn.Module):
                 keep.append(x.detach())
         return x
 
-    @torch.no_grad()
     def initialise(self, x: torch.Tensor) -> None:
-        """Data-dependent initialisation of rescalings and readout from a batch ``x``.
+        """``initialise(self, x)``: rescalings and readout standardised on a batch ``x``."""
+        initialise(self, x)
 
-        Runs the batch block by block along the current path and standardises each
-        ``Rescale``/``GroupReadout`` on what actually reaches it (the paper's rescaling needs
-        a sensible scale before training; the outputs of a physical layer can be anywhere).
-        """
-        for block in self.blocks:
-            if isinstance(block, Rescale | GroupReadout):
-                block.init_from(x)
-            x = block(x)
+
+@torch.no_grad()
+def initialise(network: nn.Module, *inputs: Any) -> Any:
+    """Data-dependent initialisation of every ``Rescale`` and ``GroupReadout`` in ``network``
+    (any module): runs ``network(*inputs)`` once, without gradients, along each physical
+    layer's current path, and standardises each of them on what actually reaches it, before
+    it is applied (the paper's rescaling needs a sensible scale before training; the outputs
+    of a physical layer can be anywhere). Returns the network's output."""
+    hooks = [m.register_forward_pre_hook(lambda m, args: m.init_from(args[0]))
+             for m in network.modules() if isinstance(m, Rescale | GroupReadout)]
+    try:
+        return network(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()

@@ -12,12 +12,16 @@
    ``design.toml`` (``labd.train.designfile``); its validation split is carved from the
    training rows and its feature scaling fitted on the rest;
 3. gets each device's digital model: the nominal model (``insilico``, or ``pat`` with
-   ``backward="nominal"``; also, unused, ``bypass``: the digital-only baseline whose physical
-   layers are replaced by fixed window means, ``labd.train.arch.Bypass``), or a twin
-   (``twin``, ``pat``): loaded from ``twin_path``, or collected and fitted into the run
-   folder (``twin.pt``/``twin.json``/``twin_data.npz``, re-used on ``--resume``); one twin
-   per (endpoint, system), since two daemons are two devices; the design's ``twin_family``
-   and ``refine`` (``labd.train.arch.Arch``) apply;
+   ``backward="nominal"``; a system without one is refused in one line), none (``bypass``:
+   the digital-only baseline whose physical layers are replaced by fixed window means,
+   ``labd.train.arch.Bypass``), or a twin (``twin``, ``pat``): loaded from ``twin_path``,
+   or collected and fitted into the run folder as ``twin-N.pt`` (weights), ``twin-N.json``
+   (family, sizes, report), ``twin-N-data.npz`` (the measurements) and ``twin-N.png``
+   (predicted against measured), re-used on ``--resume``; ``N`` counts the devices from 0,
+   one twin per (endpoint, system), since two daemons are two devices; the design's
+   ``twin_family`` (default: residual on the nominal model, from the measurements alone
+   where the system has none, said in a warning) and ``refine`` (``labd.train.arch.Arch``)
+   apply;
 4. builds the network (``labd.train.arch.build_network``) on the device (``--device``),
    initialises its rescalings on one batch, trains with ``Trainer`` (checkpoint every epoch,
    the best validation network kept, early stopping);
@@ -25,7 +29,8 @@
    with its physical layers bypassed trained in ``bypass/`` (a run folder of its own), on the
    same split;
 6. writes ``metrics.csv``, ``summary.json``, ``learning_curves.png``, ``confusion.png``,
-   ``physical_outputs.png`` into the run folder and returns the summary.
+   ``physical_outputs.png`` into the run folder and returns the summary (``forward`` and
+   ``backward``: what computed training's passes, ``training_passes``).
 
 ``physical_queries`` in the summary counts every shot: twin data collection, training
 forwards (``pat``) and every evaluation on the hardware; ``queries`` breaks it down.
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -52,15 +58,19 @@ from labd.train.devices import resolve_device
 from labd.train.hardware import Connections, Hardware
 from labd.train.loop import EpochCallback, LoopConfig, Trainer
 from labd.train.twins import (
+    NO_NOMINAL_TWIN,
     Twin,
     TwinData,
     TwinRefiner,
     collect,
+    default_family,
     fit_twin,
     load_twin,
     predict,
     save_twin,
 )
+
+log = logging.getLogger(__name__)
 
 MODES = ("pat", "insilico", "twin", "bypass")
 DIGITAL_NOTE = ("physical: the PhysicalLayer forwards (measured on the daemon's system); "
@@ -89,11 +99,6 @@ def daemon_endpoints(endpoints: list[str] | None,
         yield [daemon.endpoint]
 
 
-def twin_family(description: dict[str, Any]) -> str:
-    """``residual`` when the system has a nominal model, else ``mlp``."""
-    return "residual" if description.get("nominal") else "mlp"
-
-
 def get_twin(hardware: Hardware, arch: Arch, folder: Path, tag: str, seed: int,
              progress: bool, family: str | None = None, device: str = "cpu"
              ) -> tuple[Twin, TwinData, dict[str, Any]]:
@@ -103,12 +108,16 @@ def get_twin(hardware: Hardware, arch: Arch, folder: Path, tag: str, seed: int,
     if path.exists() and data_path.exists():
         meta = json.loads(path.with_suffix(".json").read_text())
         return load_twin(path, device), TwinData.load(data_path), meta["report"]
+    family = family or default_family(hardware.description)
+    log.info("no twin given (--twin): measuring and fitting one for %s into %s",
+             hardware.system, path)
+    if family == "mlp" and arch.twin_family is None:
+        log.warning(NO_NOMINAL_TWIN, hardware.system)
     data = collect(hardware, arch.twin_samples, arch.twin_repeats, seed=seed, progress=progress)
     data.save(data_path)
-    twin, report = fit_twin(data, hardware.description,
-                            family or twin_family(hardware.description),
-                            hidden=arch.twin_hidden, epochs=arch.twin_epochs, seed=seed,
-                            progress=progress, device=device)
+    twin, report = fit_twin(data, hardware.description, family, hidden=arch.twin_hidden,
+                            epochs=arch.twin_epochs, seed=seed, progress=progress,
+                            device=device)
     report["collect_queries"] = len(data.y) * data.repeats
     save_twin(path, twin, report)
     n = min(2000, len(data.y))
@@ -280,7 +289,7 @@ def _summary(task_name: str, system: str, mode: str, seed: int, arch: Arch, data
         "wall_s": round(time.perf_counter() - started, 2),
         "training_wall_s": round(result["training_wall_s"], 2),
         "epochs": result["epochs"], "endpoints": eps, "device": device,
-        "backward": backward,
+        **training_passes(mode, backward),
         "refine_twin": mode == "pat" and arch.refine, "pipelined": trainer.pipelined(),
         "arch": arch.to_dict(), "design_file": "design.toml",
         "physical_vs_digital": BYPASS_NOTE if mode == "bypass" else DIGITAL_NOTE.format(
@@ -341,16 +350,32 @@ def prepare_tuning(task: str | None, data: str | Path | None, system: str, mode:
             "logistic_regression": yardstick.logistic_regression(split)}
 
 
+def training_passes(mode: str, backward: str) -> dict[str, str]:
+    """What computed training's forward and backward passes: ``hardware`` (measured),
+    ``twin``, ``nominal`` (the nominal model) or ``digital`` (bypass: no physical layer)."""
+    model = {"pat": backward, "insilico": "nominal", "twin": "twin", "bypass": "digital"}[mode]
+    return {"forward": "hardware" if mode == "pat" else model, "backward": model}
+
+
 def _model_for(hw: Hardware, mode: str, arch: Arch, out: Path, tag: str, seed: int,
                twin_path: str | Path | None, backward: str, refine: bool, progress: bool,
                device: str) -> tuple[nn.Module, TwinRefiner | None, dict[str, Any] | None]:
     """The digital model of one device for this mode (on ``device``), its refiner, and its
-    twin report."""
-    from drivers.physics.nominal import nominal_model
+    twin report. ``NoNominalModel`` (one line, what to do) when the mode needs a nominal
+    model the system does not have."""
+    from drivers.physics.nominal import NoNominalModel, nominal_model
 
     if mode == "bypass":
         return nn.Identity(), None, None
     if mode == "insilico" or (mode == "pat" and backward == "nominal"):
+        if not hw.description.get("nominal"):
+            need = "--mode insilico trains" if mode == "insilico" else "--backward nominal " \
+                "takes its gradients"
+            raise NoNominalModel(
+                f"system {hw.system!r} (kind {hw.description.get('kind')!r}) has no nominal "
+                f"model, which {need} on: train with --mode pat (forward on the hardware, "
+                f"backward through a twin fitted from its measurements) or --mode twin, or "
+                f"give the system a nominal model (docs/plugins.md)")
         return nominal_model(hw.description).to(device), None, None
     if twin_path is not None:
         twin = load_twin(twin_path, device)

@@ -15,6 +15,10 @@ Contract:
   (family, sizes, provenance: the system's description, data ranges, sample counts, date,
   held-out NRMSE); ``load_twin`` rebuilds it with ``torch.load(weights_only=True)``.
 * ``TwinRefiner`` keeps refining a twin during PAT from the measurements PAT makes anyway.
+
+Nothing is printed unless asked: ``progress=True`` shows tqdm bars; ``collect`` and
+``fit_twin`` log what they do and how long it took on the ``labd.train.twins`` logger (INFO;
+``labd``'s command line shows it, a notebook only if it configures logging).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +40,20 @@ from tqdm import tqdm
 
 from labd.train.hardware import Hardware
 
+log = logging.getLogger(__name__)
+
 FAMILIES = ("mlp", "residual")
+#: What each family learns, for messages.
+WHAT = {"mlp": "an MLP of the measurements alone", "residual": "the nominal model with a "
+        "learned per-output gain and offset and an MLP correction"}
+#: Said when a twin is fitted from data only because the system has no nominal model (%s: it).
+NO_NOMINAL_TWIN = ("system %r has no nominal model: its twin is an MLP fitted from the "
+                   "measurements alone, which follows the system less closely than a residual "
+                   "twin on a nominal model would (see the held-out NRMSE in its report); give "
+                   "the system a nominal model (docs/plugins.md) for a residual twin")
+#: Each family's default hidden layers and fitting epochs (see ``fit_twin``).
+HIDDEN = {"mlp": (256, 256), "residual": (256, 256)}
+EPOCHS = {"mlp": 60, "residual": 60}
 
 
 @dataclass
@@ -63,9 +82,12 @@ class TwinData:
 
 
 def collect(hardware: Hardware, samples: int, repeats: int = 1, seed: int = 0,
-            batch: int = 2048, progress: bool = True) -> TwinData:
+            batch: int = 2048, progress: bool = False) -> TwinData:
     """Measure ``samples`` random points ``repeats`` times each (``samples*repeats`` shots)."""
     d = hardware.description
+    started = time.perf_counter()
+    log.info("collecting twin data: %d random points x %d repeats of %s (%d shots)",
+             samples, repeats, hardware.system, samples * repeats)
     rng = np.random.default_rng(seed)
     (xl, xh), (tl, th) = hardware.input_range, hardware.param_range
     x = rng.uniform(xl, xh, (samples, int(d["input_dim"]))).astype(np.float32)
@@ -87,6 +109,8 @@ def collect(hardware: Hardware, samples: int, repeats: int = 1, seed: int = 0,
         bar.update(n * repeats)
     bar.close()
     noise = float(np.sqrt(var.mean() / samples)) if repeats > 1 else float("nan")
+    log.info("collected %d shots of %s in %.1f s", samples * repeats, hardware.system,
+             time.perf_counter() - started)
     return TwinData(x, theta, y, d, repeats, noise)
 
 
@@ -106,27 +130,33 @@ def _concat(chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Twin
 
 
 class Twin(nn.Module):
-    """``y = f_m(x, theta)`` learned from measurements; float32 ``[B, n]`` in and out."""
+    """``y = f_m(x, theta)`` learned from measurements; float32 ``[B, n]`` in and out.
+
+    ``y = base(x, theta) + y_std * mlp(z)``: ``base`` is the nominal model with a per-output
+    gain and offset (``residual``) or the mean output (``mlp``); ``z`` is the system's control
+    vector ``u`` (its encoding's layout applied to ``x`` and ``theta``, e.g. ``x + theta`` for
+    an ``add`` layout: what the instrument is actually driven with, without hold or padding),
+    standardised per element on the training data.
+    """
 
     def __init__(self, description: dict[str, Any], family: str = "mlp",
                  hidden: tuple[int, ...] = (256, 256)) -> None:
         super().__init__()
+        from drivers.physics.nominal import mapping_of
+
         if family not in FAMILIES:
             raise ValueError(f"unknown twin family {family!r}; use one of {FAMILIES}")
         self.description = dict(description)
         self.family = family
         self.hidden = tuple(hidden)
-        n_x, n_p = int(description["input_dim"]), int(description["param_dim"])
+        self.encoding = mapping_of(description).encoding
         n_y = int(description["output_dim"])
-        lo = torch.tensor([description["input_range"][0]] * n_x
-                          + [description["param_range"][0]] * n_p, dtype=torch.float32)
-        hi = torch.tensor([description["input_range"][1]] * n_x
-                          + [description["param_range"][1]] * n_p, dtype=torch.float32)
-        self.register_buffer("in_lo", lo)
-        self.register_buffer("in_span", hi - lo)
+        lo, hi = self._declared()
+        self.register_buffer("u_mean", (lo + hi) / 2)
+        self.register_buffer("u_scale", (hi - lo) / 2)
         self.register_buffer("y_mean", torch.zeros(n_y))
         self.register_buffer("y_std", torch.ones(n_y))
-        sizes = [n_x + n_p, *self.hidden, n_y]
+        sizes = [len(lo), *self.hidden, n_y]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             layers.append(nn.Linear(a, b))
@@ -145,10 +175,18 @@ class Twin(nn.Module):
                 self.mlp[-1].weight.zero_()
                 self.mlp[-1].bias.zero_()
 
+    def _declared(self, device: torch.device | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each control element's least and greatest value within the declared ranges."""
+        d = self.description
+        ends = [self.encoding.combine(
+            torch.full((1, int(d["input_dim"])), float(x), device=device),
+            torch.full((1, int(d["param_dim"])), float(t), device=device))[0]
+            for x, t in zip(d["input_range"], d["param_range"], strict=True)]
+        return torch.minimum(*ends), torch.maximum(*ends)
+
     def _z(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        if theta.ndim == 1:
-            theta = theta.expand(x.shape[0], -1)
-        return 2 * (torch.cat([x, theta], 1) - self.in_lo) / self.in_span - 1
+        return (self.encoding.combine(x, theta) - self.u_mean) / self.u_scale
 
     def base(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """The physics prior (nominal with per-output gain and offset), or the mean."""
@@ -161,8 +199,15 @@ class Twin(nn.Module):
 
     @torch.no_grad()
     def calibrate(self, data: TwinData) -> None:
-        """Output statistics, and the nominal's gain and offset by least squares per output."""
+        """Input and output statistics, and the nominal's gain and offset by least squares per
+        output. Each control element is scaled to about [-1, 1] on the data (a uniform spread
+        exactly so: ``sqrt(3)`` standard deviations), at most 1000 times its declared range's."""
         device = self.y_mean.device
+        u = self.encoding.combine(torch.from_numpy(data.x).to(device),
+                                  torch.from_numpy(data.theta).to(device))
+        lo, hi = self._declared(device)
+        self.u_scale.copy_((3 ** 0.5 * u.std(0)).clamp_min(5e-4 * (hi - lo) + 1e-12))
+        self.u_mean.copy_(u.mean(0))
         y = torch.from_numpy(data.y).to(device)
         self.y_mean.copy_(y.mean(0))
         self.y_std.copy_(y.std(0).clamp_min(1e-6 * float(y.abs().mean()) + 1e-12))
@@ -202,13 +247,18 @@ def predict(model: nn.Module, x: np.ndarray, theta: np.ndarray, batch: int = 409
 
 
 def _train(twin: Twin, x: torch.Tensor, theta: torch.Tensor, y: torch.Tensor, epochs: int,
-           lr: float, batch: int, gen: torch.Generator, progress: bool, desc: str) -> None:
+           lr: float, batch: int, gen: torch.Generator, progress: bool) -> None:
+    """Adam with a one-cycle schedule on the standardised squared error. Without a progress
+    bar, the loss is logged (INFO) after each quarter of the epochs."""
     opt = torch.optim.Adam(twin.parameters(), lr=lr)
     steps = epochs * max(1, (len(y) + batch - 1) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     inv_std = 1 / twin.y_std
-    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress)
-    for _ in bar:
+    started = time.perf_counter()
+    quarters = {round(epochs * k / 4) for k in (1, 2, 3)} - {0, epochs}
+    bar = tqdm(range(epochs), desc=f"fit {twin.family} twin", unit="epoch",
+               disable=not progress)
+    for epoch in bar:
         perm = torch.randperm(len(y), generator=gen, device=y.device)
         total = 0.0
         for i in range(0, len(y), batch):
@@ -220,44 +270,67 @@ def _train(twin: Twin, x: torch.Tensor, theta: torch.Tensor, y: torch.Tensor, ep
             sched.step()
             total += loss.item() * len(idx)
         bar.set_postfix(loss=f"{total / len(y):.4g}")
+        if not progress and epoch + 1 in quarters:
+            log.info("fitting %s twin: epoch %d of %d, training loss %.4g, %.0f s so far",
+                     twin.family, epoch + 1, epochs, total / len(y),
+                     time.perf_counter() - started)
+
+
+def default_family(description: dict[str, Any]) -> str:
+    """``residual`` when the system has a nominal model (``describe`` names one), else ``mlp``
+    (from the measurements alone)."""
+    return "residual" if description.get("nominal") else "mlp"
 
 
 def fit_twin(data: TwinData | Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
-             description: dict[str, Any] | None = None, family: str = "mlp",
-             hidden: tuple[int, ...] = (256, 256), epochs: int = 60, lr: float = 3e-3,
-             batch: int = 256, holdout: float = 0.1, seed: int = 0,
-             progress: bool = True, device: str = "cpu") -> tuple[Twin, dict[str, Any]]:
+             description: dict[str, Any] | None = None, family: str | None = None,
+             hidden: tuple[int, ...] | None = None, epochs: int | None = None,
+             lr: float = 3e-3, batch: int = 256, holdout: float = 0.1, seed: int = 0,
+             progress: bool = False, device: str = "cpu") -> tuple[Twin, dict[str, Any]]:
     """Fit a twin (on ``device``, where it stays); returns it with a report (held-out NRMSE,
-    the nominal's, sample counts)."""
+    the nominal's, sample counts).
+
+    ``family`` defaults to ``default_family(description)``; ``hidden`` and ``epochs`` to the
+    family's (``HIDDEN``, ``EPOCHS``).
+    """
     if not isinstance(data, TwinData):
         data = _concat(data)
         data.description = dict(description or {})
     description = dict(description or data.description)
     if not description:
         raise ValueError("fit_twin needs the system's description (dimensions and ranges)")
-    torch.manual_seed(seed)
+    family = family or default_family(description)
+    hidden = tuple(hidden or HIDDEN[family])
+    epochs = epochs or EPOCHS[family]
+    started = time.perf_counter()
     gen = torch.Generator(device).manual_seed(seed)
     n = len(data.y)
     perm = np.random.default_rng(seed).permutation(n)
     n_val = max(1, round(n * holdout))
     val, tr = perm[:n_val], perm[n_val:]
-    twin = Twin(description, family, hidden).to(device)
-    train_part = TwinData(data.x[tr], data.theta[tr], data.y[tr])
-    twin.calibrate(train_part)
-    report: dict[str, Any] = {"family": family, "n_train": len(tr), "n_holdout": int(n_val)}
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's random state kept
+        torch.manual_seed(seed)
+        twin = Twin(description, family, hidden).to(device)
+    log.info("fitting a twin of %s (%s: %s): %d epochs over %d points, %d held out",
+             description.get("name"), family, WHAT[family], epochs, len(tr), n_val)
+    twin.calibrate(TwinData(data.x[tr], data.theta[tr], data.y[tr]))
+    report: dict[str, Any] = {"family": family, "hidden": list(hidden), "epochs": epochs,
+                              "n_train": len(tr), "n_holdout": int(n_val)}
     if twin.nominal is not None:
         report["nominal_nrmse"] = nrmse(twin.nominal, data.x[val], data.theta[val], data.y[val])
         report["calibrated_nominal_nrmse"] = nrmse(twin, data.x[val], data.theta[val],
                                                    data.y[val])
     tensors = [torch.from_numpy(np.ascontiguousarray(a[tr])).to(device)
                for a in (data.x, data.theta, data.y)]
-    _train(twin, *tensors, epochs=epochs, lr=lr, batch=batch, gen=gen, progress=progress,
-           desc=f"fit {family} twin")
+    _train(twin, *tensors, epochs=epochs, lr=lr, batch=batch, gen=gen, progress=progress)
     twin.eval()
     report["holdout_nrmse"] = nrmse(twin, data.x[val], data.theta[val], data.y[val])
     if data.noise_std == data.noise_std:  # not NaN: repeats measured the noise
         report["noise_nrmse"] = float(data.noise_std / (np.std(data.y[val]) + 1e-30))
+    report["fit_s"] = round(time.perf_counter() - started, 1)
     report["provenance"] = provenance(data, description)
+    log.info("fitted the %s twin of %s in %.0f s: held-out NRMSE %.4f", family,
+             description.get("name"), report["fit_s"], report["holdout_nrmse"])
     return twin, report
 
 

@@ -112,19 +112,17 @@ def test_insilico_and_twin_modes_evaluate_on_hardware(daemon: LocalDaemon,
         assert s["queries"]["training_and_evaluation"] == (3 + 1) * 49 * 2 + 210 * 2
 
 
-def test_pat_with_twin_refinement_checkpoints_the_refined_twin(
-        daemon: LocalDaemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pat_with_twin_refinement_checkpoints_the_refined_twin(daemon: LocalDaemon,
+                                                               tmp_path: Path) -> None:
     import torch
 
-    from labd.train import run
     from labd.train.run import run_training
 
     # an MLP twin (the residual one is exact on the loopback: nothing left to refine)
-    monkeypatch.setattr(run, "twin_family", lambda description: "mlp")
-
     s = run_training(task="vowels", system="loopback", mode="pat", out=tmp_path,
-                     endpoints=[daemon.endpoint], seed=0, arch=replace(ARCH, epochs=2),
-                     refine=True, progress=False)
+                     endpoints=[daemon.endpoint], seed=0,
+                     arch=replace(ARCH, epochs=2, twin_family="mlp"), refine=True,
+                     progress=False)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     saved = torch.load(tmp_path / "twin-0.pt", weights_only=True)
     assert s["refine_twin"] is True and len(state["twins"]) == 1
