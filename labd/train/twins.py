@@ -9,11 +9,15 @@ Contract:
   of ``(x, theta, y)`` array chunks (e.g. a measurement-store reader), holds out a fraction
   and reports the held-out normalised RMSE (RMSE over the standard deviation of the measured
   ``y``; 0 is perfect, 1 is no better than predicting the mean).
-* Families: ``mlp`` (a plain MLP of the normalised ``x`` and ``theta``) and ``residual`` (the
-  nominal model, with a learned per-output gain and offset, plus an MLP correction).
+* Families: ``mlp`` (an MLP of the system's control vector, from the measurements alone: what
+  a system without a nominal model gets) and ``residual`` (the nominal model, with a learned
+  per-output gain and offset, plus an MLP correction); ``default_family(description)`` picks
+  ``residual`` when the system has a nominal model. Each family has its default size and
+  fitting epochs (``HIDDEN``, ``EPOCHS``).
 * ``save_twin`` writes ``TWIN.pt`` (``torch.save`` of a dict of tensors only) and ``TWIN.json``
-  (family, sizes, provenance: the system's description, data ranges, sample counts, date,
-  held-out NRMSE); ``load_twin`` rebuilds it with ``torch.load(weights_only=True)``.
+  (``FORMAT``, family, sizes, provenance: the system's description, data ranges, sample
+  counts, date, held-out NRMSE); ``load_twin`` rebuilds it with
+  ``torch.load(weights_only=True)``.
 * ``TwinRefiner`` keeps refining a twin during PAT from the measurements PAT makes anyway.
 
 Nothing is printed unless asked: ``progress=True`` shows tqdm bars; ``collect`` and
@@ -38,11 +42,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from labd.train.datasets import DataError
 from labd.train.hardware import Hardware
 
 log = logging.getLogger(__name__)
 
 FAMILIES = ("mlp", "residual")
+#: The twin files' format (``save_twin``): 2 since the MLP reads the control vector.
+FORMAT = "labd-twin-2"
 #: What each family learns, for messages.
 WHAT = {"mlp": "an MLP of the measurements alone", "residual": "the nominal model with a "
         "learned per-output gain and offset and an MLP correction"}
@@ -357,15 +364,24 @@ def save_twin(path: str | Path, twin: Twin, report: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().clone() for k, v in twin.state_dict().items()}
     torch.save(state, path)
-    meta = {"format": "labd-twin-1", "family": twin.family, "hidden": list(twin.hidden),
+    meta = {"format": FORMAT, "family": twin.family, "hidden": list(twin.hidden),
             "description": twin.description, "report": report}
     _sidecar(path).write_text(json.dumps(meta, indent=2, default=float) + "\n")
     return _sidecar(path)
 
 
 def load_twin(path: str | Path, device: str = "cpu") -> Twin:
+    """The twin ``save_twin`` wrote at ``path``, on ``device``; ``DataError`` if its sidecar is
+    not a twin of this format (``OSError`` if a file is missing)."""
     path = Path(path)
-    meta = json.loads(_sidecar(path).read_text())
+    try:
+        meta = json.loads(_sidecar(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{_sidecar(path)} is not a twin's sidecar: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise DataError(f"{path} is a twin of format {found!r}; this labd reads {FORMAT!r}: "
+                        f"fit it again from its measurements (labd twin fit)")
     twin = Twin(meta["description"], meta["family"], tuple(meta["hidden"])).to(device)
     twin.load_state_dict(torch.load(path, weights_only=True, map_location=device))
     twin.eval()

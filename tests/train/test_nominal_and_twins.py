@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import textwrap
@@ -29,6 +30,8 @@ from labd.train.run import run_training
 from labd.train.twins import NO_NOMINAL_TWIN
 from tests.configs import loopback, table
 from tests.plugins.test_plugins import SCRIPT
+
+ROOT = Path(__file__).resolve().parents[2]
 
 #: A small design for a 4-input system: 2 hybrid layers, few epochs, a small quick twin.
 ARCH = replace(default_arch("vowels", "amp"), depth=1, epochs=2, batch_size=30,
@@ -167,3 +170,6 @@ def test_pat_without_a_twin_logs_what_it_collects_and_fits(tmp_path: Path) -> No
         assert said in done.stderr, done.stderr
     assert "it/s" not in done.stderr and "epoch/s" not in done.stderr  # no tqdm bar
     assert torch.load(tmp_path / "twin-0.pt", weights_only=True)
+    # the twin files the README names are the ones written
+    named = set(re.findall(r"`(twin-0[^`]*)`", (ROOT / "README.md").read_text()))
+    assert named == {p.name for p in tmp_path.glob("twin-*")}, named

@@ -38,6 +38,11 @@ def test_fit_twin_from_chunks_and_round_trip(tmp_path: Path) -> None:
     again = load_twin(path)
     x, t, y = _toy(500, 9)
     assert nrmse(again, x, t, y) == pytest.approx(nrmse(twin, x, t, y), rel=1e-6)
+    meta["format"] = "labd-twin-1"  # a twin of the MLP on raw (x, theta): refit, not misread
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="format 'labd-twin-1'; this labd reads 'labd-twin-2': "
+                                        "fit it again"):
+        load_twin(path)
 
 
 def test_twin_data_file_round_trip(tmp_path: Path) -> None:
