@@ -36,6 +36,7 @@ from torch import nn
 
 from labd.train.hardware import Hardware
 from labd.train.layers import GroupReadout, PhysicalLayer, PhysicalNetwork, Rescale
+from labd.train.twins import EPOCHS, HIDDEN, SAMPLES, default_family
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,9 @@ def choose_design(n_features: int, n_classes: int, n_train: int,
       ``TARGET_STEPS`` over the batches per epoch within ``EPOCH_BOUNDS``, patience a fifth
       of the epochs within [10, 40];
     * the twin: 10,000 random points, 30 fitting epochs (enough for systems of tens of
-      channels; large systems want more, set ``twin_samples``).
+      channels; large systems want more, set ``twin_samples``); for a system without a
+      nominal model, whose twin learns from the data alone, the data-only family's defaults
+      (``labd.train.twins``: 40,000 points, 3 hidden layers of 512, 60 epochs).
     """
     n_in, n_out = int(description["input_dim"]), int(description["output_dim"])
     units = max(math.ceil(max(n_features, 4 * n_classes) / n_in),
@@ -156,10 +159,13 @@ def choose_design(n_features: int, n_classes: int, n_train: int,
     batch = int(min(256, max(16, 2 ** round(math.log2(max(1.0, rows / 30))))))
     batches = math.ceil(rows / batch)
     epochs = min(EPOCH_BOUNDS[1], max(EPOCH_BOUNDS[0], math.ceil(TARGET_STEPS / batches)))
+    twin: dict[str, Any] = {"twin_samples": 10000, "twin_epochs": 30}
+    if default_family(description) == "mlp":
+        twin = {"twin_samples": SAMPLES["mlp"], "twin_epochs": EPOCHS["mlp"],
+                "twin_hidden": HIDDEN["mlp"]}
     return Arch(depth=1, units=units, hybrid=True, readout="linear", epochs=epochs,
-                batch_size=batch, lr=0.02, lr_digital=0.01, twin_samples=10000,
-                twin_epochs=30, scaling="standard", val_fraction=val_fraction,
-                patience=min(40, max(10, epochs // 5)))
+                batch_size=batch, lr=0.02, lr_digital=0.01, scaling="standard",
+                val_fraction=val_fraction, patience=min(40, max(10, epochs // 5)), **twin)
 
 
 class Resample(nn.Module):

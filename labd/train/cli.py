@@ -254,7 +254,9 @@ def add_twin_collect_arguments(p: argparse.ArgumentParser) -> None:
     where.add_argument("--config", metavar="FILE",
                        help="start the local daemon on this configuration (default: the "
                             "embedded one)")
-    p.add_argument("--samples", type=int, default=20000, help="random (x, theta) points")
+    p.add_argument("--samples", type=int,
+                   help="random (x, theta) points (default: 20000, or 40000 for a system "
+                        "without a nominal model, whose twin learns from the data alone)")
     p.add_argument("--repeats", type=int, default=2, help="shots per point, averaged")
     p.add_argument("--seed", type=int, default=0)
 
@@ -262,13 +264,14 @@ def add_twin_collect_arguments(p: argparse.ArgumentParser) -> None:
 def twin_collect(args: argparse.Namespace) -> int:
     from labd.train.hardware import Connections
     from labd.train.run import daemon_endpoints
-    from labd.train.twins import collect
+    from labd.train.twins import SAMPLES, collect, default_family
 
     try:
         with daemon_endpoints([args.endpoint] if args.endpoint else None, args.config) as eps, \
                 Connections() as conns:
             hw = conns.hardware(eps[0], args.system)
-            data = collect(hw, args.samples, args.repeats, seed=args.seed, progress=True)
+            samples = args.samples or SAMPLES[default_family(hw.description)]
+            data = collect(hw, samples, args.repeats, seed=args.seed, progress=True)
         data.save(args.out)
     except EXPECTED as exc:
         return _failed("twin collect", exc, f"; nothing was written to {args.out}")

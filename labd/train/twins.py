@@ -58,9 +58,13 @@ NO_NOMINAL_TWIN = ("system %r has no nominal model: its twin is an MLP fitted fr
                    "measurements alone, which follows the system less closely than a residual "
                    "twin on a nominal model would (see the held-out NRMSE in its report); give "
                    "the system a nominal model (docs/plugins.md) for a residual twin")
-#: Each family's default hidden layers and fitting epochs (see ``fit_twin``).
-HIDDEN = {"mlp": (256, 256), "residual": (256, 256)}
+#: Each family's defaults: hidden layers and fitting epochs (``fit_twin``), random points to
+#: collect (``labd twin collect``). A data-only twin learns the whole system, not a correction
+#: to a model: on the example Duffing chain, 512x3 instead of 256x256 took its held-out NRMSE
+#: from 0.118 to 0.069 on 20,000 points, and 40,000 points to 0.048 (``docs/twins.md``).
+HIDDEN = {"mlp": (512, 512, 512), "residual": (256, 256)}
 EPOCHS = {"mlp": 60, "residual": 60}
+SAMPLES = {"mlp": 40000, "residual": 20000}
 
 
 @dataclass

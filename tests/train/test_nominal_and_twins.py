@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from drivers.physics.nominal import NoNominalModel
 from labd.cli import main
 from labd.config import load_config
 from labd.daemon.process import LocalDaemon
-from labd.train.arch import default_arch
+from labd.train.arch import Arch
 from labd.train.run import run_training
 from labd.train.twins import NO_NOMINAL_TWIN
 from tests.configs import loopback, table
@@ -33,9 +32,11 @@ from tests.plugins.test_plugins import SCRIPT
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: A small design for a 4-input system: 2 hybrid layers, few epochs, a small quick twin.
-ARCH = replace(default_arch("vowels", "amp"), depth=1, epochs=2, batch_size=30,
-               twin_samples=1000, twin_epochs=40, twin_hidden=(32,))
+#: A small design for a 4-input system: 1 hybrid layer, 2 epochs, a small quick twin.
+ARCH = Arch(depth=1, hybrid=True, readout="linear", epochs=2, batch_size=30,
+            twin_samples=1000, twin_epochs=40, twin_hidden=(32,))
+#: run_training's quick settings here: the small design, no progress bars, no bypass beside.
+QUICK = {"arch": ARCH, "progress": False, "bypass_yardstick": False}
 AMP = {"kind": "tanh_amp", "input_dim": 4, "param_dim": 4, "output_dim": 4,
        "input_range": [-1.0, 1.0], "param_range": [-1.0, 1.0], "encoding": {"layout": "add"},
        "physics": {"gain": 0.8}, "drive": {"driver": "sim.dac"},
@@ -61,7 +62,7 @@ def test_pat_on_a_system_without_a_nominal_model_fits_its_twin_from_data(
         rig: LocalDaemon, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="labd.train"):
         s = run_training(task="vowels", system="unmodelled", mode="pat", out=tmp_path,
-                         endpoints=[rig.endpoint], arch=ARCH, progress=False)
+                         endpoints=[rig.endpoint], **QUICK)
     report = s["twins"][rig.endpoint]
     assert report["family"] == "mlp" and "nominal_nrmse" not in report
     assert report["holdout_nrmse"] < 0.3
@@ -100,7 +101,7 @@ def test_what_needs_a_nominal_model_is_refused_in_one_line(
 
 def test_bypass_needs_no_nominal_model(rig: LocalDaemon, tmp_path: Path) -> None:
     s = run_training(task="vowels", system="bare", mode="bypass", out=tmp_path,
-                     endpoints=[rig.endpoint], arch=ARCH, progress=False)
+                     endpoints=[rig.endpoint], **QUICK)
     assert s["physical_queries"] == 0 and s["backward"] == "digital"
 
 
@@ -142,10 +143,10 @@ def test_a_labs_own_nominal_model_serves_insilico_and_the_residual_twin(
     # the lab's model is close to its rig (5% gain spread, 1% noise); the twin closer still
     assert report["holdout_nrmse"] < report["nominal_nrmse"] < 0.2
     s = run_training(task="vowels", system="amp", mode="insilico", out=tmp_path / "insilico",
-                     endpoints=[rig.endpoint], arch=ARCH, progress=False)
+                     endpoints=[rig.endpoint], **QUICK)
     assert (s["forward"], s["backward"]) == ("nominal", "nominal")
     s = run_training(task="vowels", system="amp", mode="pat", out=tmp_path / "pat",
-                     endpoints=[rig.endpoint], arch=ARCH, progress=False)
+                     endpoints=[rig.endpoint], **QUICK)
     assert s["twins"][rig.endpoint]["family"] == "residual"
 
 
