@@ -61,7 +61,7 @@ NO_NOMINAL_TWIN = ("system %r has no nominal model: its twin is an MLP fitted fr
 #: Each family's defaults: hidden layers and fitting epochs (``fit_twin``), random points to
 #: collect (``labd twin collect``). A data-only twin learns the whole system, not a correction
 #: to a model: on the example Duffing chain, 512x3 instead of 256x256 took its held-out NRMSE
-#: from 0.118 to 0.069 on 20,000 points, and 40,000 points to 0.048 (``docs/twins.md``).
+#: from 0.118 to 0.069 on 20,000 points, and 40,000 points to 0.048.
 HIDDEN = {"mlp": (512, 512, 512), "residual": (256, 256)}
 EPOCHS = {"mlp": 60, "residual": 60}
 SAMPLES = {"mlp": 40000, "residual": 20000}
