@@ -58,7 +58,8 @@ class PATFunction(torch.autograd.Function):
                 experiment: Experiment, model: Model) -> torch.Tensor:
         y = experiment(x.detach(), theta.detach())
         y = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
-        y = y.to(device=x.device, dtype=x.dtype)
+        if (y.device, y.dtype) != (x.device, x.dtype):  # an experiment off the device
+            y = y.to(device=x.device, dtype=x.dtype)
         ctx.save_for_backward(x, theta)
         ctx.model = model
         return y
