@@ -121,7 +121,7 @@ def test_the_installed_example_serves_and_trains_with_pat(plugin_python, served,
          "--samples", "300", "--repeats", "1", "--out", str(data))
     fitted = labd(plugin_python, "twin", "fit", "--data", str(data), "--out", str(twin),
                   "--epochs", "2").stdout
-    assert "twin (residual)" in fitted  # the physics prior: the plugin's nominal model
+    assert "twin (residual:" in fitted  # the physics prior: the plugin's nominal model
 
 
 def test_the_example_by_dotted_paths_trains_without_installing(classes_csv, tmp_path):
