@@ -179,28 +179,22 @@ def run_training(*, task: str | None = None, data: str | Path | None = None, sys
     overrides = {**(overrides or {}), **{k: v for k, v in (("epochs", epochs),
                                                             ("refine", refine)) if v is not None}}
     with daemon_endpoints(endpoints, config) as eps, Connections() as conns:
-        description = conns.hardware(eps[0], system).description
-        arch = resolve_design(task, system, dataset, description, arch=arch,
-                              design_file=design_file, overrides=overrides,
+        arch = resolve_design(task, system, dataset, conns.hardware(eps[0], system).description,
+                              arch=arch, design_file=design_file, overrides=overrides,
                               run_dir=out if resume else None)
-        dataset = dataset.carve_validation(arch.val_fraction, seed)
-        scaling = fit_scaling(dataset.x_train, arch.scaling)
         designfile.save(out / "design.toml", arch, DESIGN_COMMENT.format(
             task=task_name, system=system, mode=mode, seed=seed))
+        dataset = dataset.carve_validation(arch.val_fraction, seed)
+        scaling = fit_scaling(dataset.x_train, arch.scaling)
         built = _build(arch, dataset, scaling, system, mode, eps, conns, out, seed, twin_path,
                        backward, progress, device)
         cfg = LoopConfig(mode=mode, epochs=arch.epochs, batch_size=arch.batch_size,
                          lr=arch.lr, lr_digital=arch.lr_digital, seed=seed, progress=progress,
                          pipeline=pipeline, patience=arch.patience, device=device)
-        trainer = Trainer(built["network"], dataset, cfg, out, built["hardware"],
-                          built["refiners"], [on_epoch] if on_epoch else None)
-        if not (resume and trainer.checkpoint_path.exists()):
-            _initialise(built["network"], dataset, mode, seed, device)
-        result = trainer.run(resume=resume)
-    yard = {"logistic_regression": yardstick.logistic_regression(dataset)}
-    if bypass_yardstick and mode != "bypass":
-        yard["bypass"] = _bypass(arch, dataset, scaling, built["descriptions"], cfg,
-                                 out / "bypass", resume)
+        trainer, result = _train(built["network"], dataset, cfg, out, resume, built["hardware"],
+                                 built["refiners"], [on_epoch] if on_epoch else None)
+    yard = _yardstick(arch, dataset, scaling, built["descriptions"], cfg, out / "bypass",
+                      resume, bypass=bypass_yardstick and mode != "bypass")
     summary = _summary(task_name, system, mode, seed, arch, dataset, scaling, result, built,
                        trainer, yard, backward, eps, device, started)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
@@ -248,26 +242,41 @@ def _build(arch: Arch, dataset: Dataset, scaling: dict[str, Any], system: str, m
             "descriptions": [d for d, _, _ in layers]}
 
 
-def _bypass(arch: Arch, dataset: Dataset, scaling: dict[str, Any],
-            descriptions: list[dict[str, Any]], cfg: LoopConfig, folder: Path, resume: bool
-            ) -> dict[str, Any]:
-    """The yardstick's bypass: the same design and split, physical layers replaced by fixed
-    window means, trained digitally in ``folder`` (a run folder; resumable)."""
+def _train(network: nn.Module, dataset: Dataset, cfg: LoopConfig, folder: Path, resume: bool,
+           hardware: list[Hardware], refiners: list[TwinRefiner] | None = None,
+           on_epoch: list[EpochCallback] | None = None) -> tuple[Trainer, dict[str, Any]]:
+    """Train ``network`` into the run folder ``folder``: from its checkpoint when resuming
+    and there is one, else from rescalings initialised on one batch; the trainer and its
+    result (``Trainer.run``)."""
+    trainer = Trainer(network, dataset, cfg, folder, hardware, refiners, on_epoch)
+    if not (resume and trainer.checkpoint_path.exists()):
+        _initialise(network, dataset, cfg)
+    return trainer, trainer.run(resume=resume)
+
+
+def _yardstick(arch: Arch, dataset: Dataset, scaling: dict[str, Any],
+               descriptions: list[dict[str, Any]], cfg: LoopConfig, folder: Path,
+               resume: bool, bypass: bool) -> dict[str, Any]:
+    """The digital yardstick on the run's split: the logistic regression and, if ``bypass``,
+    the same design and split with its physical layers replaced by fixed window means,
+    trained digitally in ``folder`` (a run folder of its own; resumable)."""
+    yard: dict[str, Any] = {"logistic_regression": yardstick.logistic_regression(dataset)}
+    if not bypass:
+        return yard
     started = time.perf_counter()
     network = build_network(arch, dataset.n_features, dataset.n_classes,
                             [(d, nn.Identity(), None) for d in descriptions], cfg.seed,
                             bypass=True, scaling=scaling).to(cfg.device)
-    trainer = Trainer(network, dataset, replace(cfg, mode="bypass", progress=False), folder, [])
-    if not (resume and trainer.checkpoint_path.exists()):
-        _initialise(network, dataset, "bypass", cfg.seed, cfg.device)
-    result = trainer.run(resume=resume)
+    _, result = _train(network, dataset, replace(cfg, mode="bypass", progress=False), folder,
+                       resume, [])
     best = result["best"] or {}
-    return {"test_accuracy": result["test_accuracy"],
-            "train_accuracy": result["train_accuracy"],
-            "val_accuracy": best.get("val_acc"), "epochs": result["epochs"],
-            "best_epoch": best.get("epoch"), "run_dir": folder.name,
-            "wall_s": round(time.perf_counter() - started, 2),
-            "what": BYPASS_NOTE}
+    yard["bypass"] = {"test_accuracy": result["test_accuracy"],
+                      "train_accuracy": result["train_accuracy"],
+                      "val_accuracy": best.get("val_acc"), "epochs": result["epochs"],
+                      "best_epoch": best.get("epoch"), "run_dir": folder.name,
+                      "wall_s": round(time.perf_counter() - started, 2),
+                      "what": BYPASS_NOTE}
+    return yard
 
 
 def _summary(task_name: str, system: str, mode: str, seed: int, arch: Arch, dataset: Dataset,
@@ -387,12 +396,11 @@ def _model_for(hw: Hardware, mode: str, arch: Arch, out: Path, tag: str, seed: i
     return twin, refiner, report
 
 
-def _initialise(network: nn.Module, dataset: Dataset, mode: str, seed: int,
-                device: str = "cpu") -> None:
+def _initialise(network: nn.Module, dataset: Dataset, cfg: LoopConfig) -> None:
     """Standardise rescalings and readout on one batch along the training path."""
     n = min(512, len(dataset.y_train))
-    idx = np.random.default_rng(seed).permutation(len(dataset.y_train))[:n]
-    network.set_path("pat" if mode == "pat" else "model")  # type: ignore[operator]
+    idx = np.random.default_rng(cfg.seed).permutation(len(dataset.y_train))[:n]
+    network.set_path("pat" if cfg.mode == "pat" else "model")  # type: ignore[operator]
     with torch.no_grad():
         network.initialise(  # type: ignore[operator]
-            torch.from_numpy(dataset.x_train[idx]).to(device))
+            torch.from_numpy(dataset.x_train[idx]).to(cfg.device))
