@@ -392,46 +392,44 @@ def load_twin(path: str | Path, device: str = "cpu") -> Twin:
     return twin
 
 
+@dataclass(eq=False)
 class TwinRefiner:
     """Refines a twin during PAT from the hardware measurements the training makes anyway.
 
     Use ``refiner.record`` as a ``PhysicalLayer.recorder``; call ``step()`` after each
-    optimiser step: every ``every`` calls it takes ``steps`` Adam steps on a replay buffer of
-    the most recent ``capacity`` measurements mixed half-and-half with the original twin data
-    (so the twin tracks where training goes and the device's drift without forgetting the
-    rest of the range).
+    optimiser step: every ``every`` calls it takes ``steps`` Adam steps (learning rate ``lr``,
+    ``batch`` rows) on a replay buffer of the most recent ``capacity`` measurements mixed
+    half-and-half with the original twin data (so the twin tracks where training goes and the
+    device's drift without forgetting the rest of the range).
     """
 
-    def __init__(self, twin: Twin, data: TwinData, capacity: int = 20000, every: int = 1,
-                 steps: int = 5, batch: int = 256, lr: float = 3e-4, seed: int = 0) -> None:
-        self.twin = twin
-        self.data = data
-        self.capacity = capacity
-        self.every = every
-        self.steps = steps
-        self.batch = batch
-        self.opt = torch.optim.Adam(twin.parameters(), lr=lr)
-        self.rng = np.random.default_rng(seed)
-        self._x: list[np.ndarray] = []
-        self._t: list[np.ndarray] = []
-        self._y: list[np.ndarray] = []
+    twin: Twin
+    data: TwinData
+    capacity: int = 20000
+    every: int = 1
+    steps: int = 5
+    batch: int = 256
+    lr: float = 3e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.opt = torch.optim.Adam(self.twin.parameters(), lr=self.lr)
+        self.rng = np.random.default_rng(self.seed)
+        self._recent: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (x, theta, y)
         self._count = 0
-        self.updates = 0
 
     def record(self, x: np.ndarray, theta: np.ndarray, y: np.ndarray) -> None:
         if theta.ndim == 1:
             theta = np.broadcast_to(theta, (x.shape[0], theta.shape[0]))
-        self._x.append(x.copy())
-        self._t.append(np.array(theta))
-        self._y.append(y.copy())
-        while sum(len(a) for a in self._y) - len(self._y[0]) >= self.capacity:
-            del self._x[0], self._t[0], self._y[0]
+        self._recent.append((x.copy(), np.array(theta), y.copy()))
+        while sum(len(r[2]) for r in self._recent) - len(self._recent[0][2]) >= self.capacity:
+            del self._recent[0]
 
     def step(self) -> None:
         self._count += 1
-        if not self._y or self._count % self.every:
+        if not self._recent or self._count % self.every:
             return
-        bx, bt, by = (np.concatenate(a) for a in (self._x, self._t, self._y))
+        bx, bt, by = (np.concatenate(a) for a in zip(*self._recent, strict=True))
         half = self.batch // 2
         self.twin.train()
         device = device_of(self.twin)
@@ -446,4 +444,3 @@ class TwinRefiner:
             loss.backward()
             self.opt.step()
         self.twin.eval()
-        self.updates += 1
