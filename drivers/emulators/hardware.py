@@ -50,6 +50,60 @@ def _quantise(volts: np.ndarray, full_scale: float, bits: int) -> np.ndarray:
     return codes * lsb
 
 
+class Played:
+    """What one output played, in device time, so that a response simulated from rest can
+    start ``SETTLE_S`` earlier and carry on the ring-down of what came before: a plate rings
+    on after a generation or a stream ends, and an emulator that forgot it would hide a
+    ring-down pad too short for the next shot or the next batch.
+
+    After a waveform ends the output holds its last sample (``hold``, a DAQ card's AO) or
+    returns to 0 (a sound card's stream); before anything was played it is 0."""
+
+    #: device seconds simulated before a response: far longer than any stand-in's ring-down
+    #: (the plate's slowest mode decays in 35 ms: e^-28 after a second)
+    SETTLE_S = 1.0
+
+    def __init__(self, hold: bool) -> None:
+        self.hold = hold
+        self.waves: list[tuple[float, float, np.ndarray]] = []  # (start, rate, volts)
+        self.lock = threading.Lock()
+
+    def record(self, t: float, rate: float, wave: np.ndarray) -> None:
+        """``wave`` (volts at ``rate``) starts at device time ``t``; what ended more than
+        ``SETTLE_S`` before is forgotten (but the one before ``t`` keeps its held level)."""
+        with self.lock:
+            recent = [i for i, (start, r, w) in enumerate(self.waves)
+                      if start + w.size / r >= t - self.SETTLE_S]
+            first = max(0, (recent[0] if recent else len(self.waves)) - 1)
+            self.waves = [*self.waves[first:], (t, rate, np.asarray(wave, dtype=float))]
+
+    def last(self) -> tuple[float, float, np.ndarray] | None:
+        with self.lock:
+            return self.waves[-1] if self.waves else None
+
+    def cut(self, t: float) -> None:
+        """The last waveform stops at device time ``t``: what was not yet played never is."""
+        with self.lock:
+            if self.waves:
+                start, rate, wave = self.waves[-1]
+                played = math.floor((t - start) * rate) + 1
+                if played < wave.size:
+                    self.waves[-1] = (start, rate, wave[:max(played, 1)])
+
+    def at(self, times: np.ndarray) -> np.ndarray:
+        """The output (volts) at device ``times``: the sample the waveform started last by
+        then was playing (its last one held, or 0, once it ended)."""
+        out = np.zeros(times.shape)
+        with self.lock:
+            waves = list(self.waves)
+        for start, rate, wave in waves:  # in start order: a later waveform takes over
+            now = times >= start
+            n = np.floor((times[now] - start) * rate + 1e-6).astype(np.int64)
+            value = wave[np.minimum(n, wave.size - 1)]
+            out[now] = value if self.hold else np.where(n < wave.size, value, 0.0)
+        return out
+
+
 class DaqCard:
     """An X Series multifunction card (USB-6361 class): 2 AO at +-10 V / +-5 V, 16 AI with
     ranges +-0.1 .. +-10 V, 16 bits, sample clocks divided down from a 100 MHz timebase.
@@ -58,15 +112,13 @@ class DaqCard:
     holds its last sample after a finite generation (as the card does)."""
 
     AI_RANGES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
-    HISTORY = 4096  # AO samples simulated before an acquisition that starts long after
 
     def __init__(self, rig: EmulatedRig, clock: Clock, name: str = "Dev1", ao: str = "ao0",
                  ai: str = "ai0") -> None:
         self.rig, self.clock, self.name = rig, clock, name
         self.wiring = (ao, ai)
         self.rng = np.random.default_rng([rig.bench.seed, 17])
-        self.generations: list[tuple[float, float, np.ndarray]] = []  # on the wired AO
-        self.lock = threading.Lock()
+        self.played = Played(hold=True)  # the wired AO
 
     def info(self) -> dict[str, Any]:
         return {
@@ -87,8 +139,7 @@ class DaqCard:
         now: a trigger that already came); returns the start time."""
         t = self.clock.now() if t is None else t
         if channel == self.wiring[0]:
-            with self.lock:
-                self.generations = [*self.generations[-1:], (t, rate, np.asarray(waveform))]
+            self.played.record(t, rate, waveform)
         return t
 
     def now(self) -> float:
@@ -100,22 +151,15 @@ class DaqCard:
     def abort(self, channel: str) -> None:
         """Stop ``channel``'s generation now: what was not yet played never is; the output
         holds the last sample played."""
-        if channel != self.wiring[0]:
-            return
-        with self.lock:
-            if not self.generations:
-                return
-            t, rate, wave = self.generations[-1]
-            played = math.floor((self.clock.now() - t) * rate) + 1
-            if played < wave.size:
-                self.generations[-1] = (t, rate, wave[:max(played, 1)])
+        if channel == self.wiring[0]:
+            self.played.cut(self.clock.now())
 
     def acquire(self, channel: str, t_start: float, rate: float, samples: int,
                 full_scale: float) -> tuple[np.ndarray, float, float]:
         """``samples`` readings (volts) of ``channel`` from device time ``t_start`` at ``rate``,
         on the range +-``full_scale``; the wall seconds until the last one is taken, and the
         wall seconds per sample."""
-        if channel == self.wiring[1] and self.generations:
+        if channel == self.wiring[1] and self.played.last() is not None:
             volts = self._response(t_start, rate, samples)
         else:
             volts = np.zeros(samples)
@@ -126,20 +170,20 @@ class DaqCard:
                 1 / rate / self.clock.speed)
 
     def _response(self, t_start: float, rate: float, samples: int) -> np.ndarray:
-        """The bench's output at the acquisition's sample instants, from the last generation
-        that started before the acquisition ended (the one before it sets the level held)."""
+        """The bench's output at the acquisition's sample instants, simulated on the grid of
+        the last generation that started before the acquisition ended, from rest
+        ``Played.SETTLE_S`` earlier (so the ring-down of earlier generations is in it)."""
         t_end = t_start + samples / rate
-        with self.lock:
-            started = [g for g in self.generations if g[0] < t_end] or self.generations[:1]
-            before = started[-2][2][-1] if len(started) > 1 else 0.0
-        t_gen, ao_rate, wave = started[-1]
+        with self.played.lock:
+            waves = self.played.waves
+            t_gen, ao_rate, wave = ([w for w in waves if w[0] < t_end] or waves[:1])[-1]
         first = math.floor((t_start - t_gen) * ao_rate + 1e-9)
         last = math.ceil((t_end - t_gen) * ao_rate) + 1
-        lo = min(0, first)
-        if first > wave.size + self.HISTORY:
-            lo = first - self.HISTORY  # long after the generation: at rest on its last value
+        lo = first - math.ceil(Played.SETTLE_S * ao_rate)
         n = np.arange(lo, max(last, lo + 1))
-        drive = np.where(n < 0, before, wave[np.clip(n, 0, wave.size - 1)])
+        drive = wave[np.clip(n, 0, wave.size - 1)]
+        past = n < 0
+        drive[past] = self.played.at(t_gen + n[past] / ao_rate)
         trace = self.rig.play(drive[None, :])[0]
         when = (t_start - t_gen + np.arange(samples) / rate) * ao_rate
         return trace[np.floor(when + 1e-9).astype(np.int64) - lo]
@@ -165,6 +209,7 @@ class SoundCard:
         self.in_fs = 1.0 * (1 + rng.uniform(-0.02, 0.02))
         self.converter_frames = int(rng.integers(30, 60))
         self.rng = rng
+        self.played = Played(hold=False)  # output ``out``, into the bench
 
     def devices(self) -> list[dict[str, Any]]:
         """The host's devices as PortAudio lists them (``query_devices`` dictionaries)."""
@@ -195,8 +240,7 @@ class SoundCard:
         volts_in = np.zeros((frames, 2))
         if device == 1:
             volts_out = self._ac_coupled(played * self.out_fs, rate)
-            volts_in[:, self.inp - 1] = self.rig.play(
-                np.ascontiguousarray(volts_out[None, :, self.out - 1]))[0]
+            volts_in[:, self.inp - 1] = self._bench(volts_out[:, self.out - 1], rate)
             if self.loopback is not None:
                 volts_in[:, self.loopback[1] - 1] = volts_out[:, self.loopback[0] - 1]
         jitter = 32 if latency_s <= 0.01 else 128
@@ -210,6 +254,15 @@ class SoundCard:
         recording = _quantise(np.clip(recording, -1.0, 1.0), 1.0, 24)
         return (recording[:, :channels].astype(np.float32), delay,
                 frames / rate / self.clock.speed)
+
+    def _bench(self, drive: np.ndarray, rate: float) -> np.ndarray:
+        """The bench's sensor (volts) while output ``out`` plays ``drive`` from now on, with
+        the ring-down of the calls before (the output is silent between calls)."""
+        t = self.clock.now()
+        settle = math.ceil(Played.SETTLE_S * rate)
+        past = self.played.at(t + np.arange(-settle, 0) / rate)
+        self.played.record(t, rate, drive)
+        return self.rig.play(np.concatenate([past, drive])[None, :])[0, settle:]
 
     @staticmethod
     def _ac_coupled(volts: np.ndarray, rate: float, corner_hz: float = 3.0) -> np.ndarray:

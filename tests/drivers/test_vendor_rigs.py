@@ -71,6 +71,38 @@ def test_forward_through_the_vendor_library_shows_the_physics(rig):
         assert health["state"] != "fault", health
 
 
+@pytest.mark.parametrize("rig", ["nidaq", "sound"], indirect=True)
+def test_consecutive_shots_and_forwards_do_not_ring_into_each_other(rig):
+    """The plate rings for a while after each shot, and the card plays the shots of a batch
+    back to back: the silence before each shot (its ring-down pad) must let the shot before
+    die out below the sensor's noise. Quiet shots (x = 0, theta = 0: y is the noise) after
+    full-drive shots, within a batch and as the next forward, read the same as quiet shots
+    after quiet ones, to within the noise: z = (mean after loud - mean after quiet) / its
+    standard error. Measured (hardware seed 3): |z| <= 0.6 with the examples' 250 ms pad; a
+    100 ms pad gives z = 69 (DAQ) and 86 (sound card), 150 ms z = 3.4 (DAQ). At the test's
+    speed the forwards are a second or more of plate time apart, so the next forward only
+    bites in real time; test_vendor_drivers checks that the emulated plate rings on across
+    batches."""
+    family, daemon, system = rig
+    with LabClient(daemon.endpoint, timeout_s=60) as client:
+        d = client.describe(system)
+        theta = np.zeros(d["param_dim"], np.float32)
+        loud = np.random.default_rng(7).choice(
+            [d["input_range"][0], d["input_range"][1]], (16, d["input_dim"])).astype(np.float32)
+        quiet = np.zeros_like(loud)
+        after_quiet = client.forward(system, quiet, theta)  # each row after a quiet shot
+        mixed = quiet.copy()
+        mixed[0::2] = loud[0::2]
+        after_loud = client.forward(system, mixed, theta)[1::2]  # quiet rows after loud ones
+        y_loud = client.forward(system, loud, theta)
+        next_forward = client.forward(system, quiet[:1], theta)  # right after a loud batch
+    noise = after_quiet.std()
+    assert y_loud.mean() > 20 * after_quiet.mean(), "the loud shots are not loud: no test"
+    for label, y in (("the next shot", after_loud), ("the next forward", next_forward)):
+        z = (y.mean() - after_quiet.mean()) / (noise * np.sqrt(1 / y.size + 1 / after_quiet.size))
+        assert abs(z) < 4, f"{family}: {label} hears the ring-down of a loud shot ({z=:.1f})"
+
+
 def _blobs(path: Path, dim: int, lo: float, hi: float) -> Path:
     """Three separable classes in ``dim`` features within [lo, hi] (96 rows, 1/4 test)."""
     rng = np.random.default_rng(0)
@@ -88,11 +120,12 @@ def _blobs(path: Path, dim: int, lo: float, hi: float) -> Path:
 
 @pytest.mark.parametrize("rig", ["nidaq", "sound"], indirect=True)
 def test_pat_trains_through_the_plate_on_a_vendor_library(rig, tmp_path):
-    """A short PAT run (5 epochs of 72 rows, the generic design, the nominal model's backward:
-    no twin to fit) whose every forward goes through the vendor library's driver, started as
-    a lab would. The budget is too small for the generic design to separate the classes (it
-    needs tens of epochs); what is checked is that every step was measured on the hardware
-    and that the training loss fell from the first epoch to the last."""
+    """A short PAT run (10 epochs of 72 rows, the design chosen for the data, the nominal
+    model's backward: no twin to fit) whose every forward goes through the vendor library's
+    driver, started as a lab would, must classify the test rows well above chance (1/3): a
+    physical path that returns noise, another row's response or a constant cannot. Measured
+    (training seeds 0-4, hardware seed 3): test accuracy 0.79-1.0 (DAQ), 0.63-1.0 (sound
+    card), seed 0 1.0 on both; the logistic regression and the digital bypass 1.0."""
     family, daemon, system = rig
     with LabClient(daemon.endpoint) as client:
         d = client.describe(system)
@@ -100,15 +133,19 @@ def test_pat_trains_through_the_plate_on_a_vendor_library(rig, tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "labd", "train", "--data", str(data), "--system", system,
          "--mode", "pat", "--backward", "nominal", "--endpoint", daemon.endpoint,
-         "--epochs", "5", "--out", str(tmp_path / "run"), "--no-progress"],
+         "--epochs", "10", "--out", str(tmp_path / "run"), "--no-progress"],
         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     summary = json.loads(run.stdout[run.stdout.index("{"):])
-    assert summary["physical_queries"] >= 5 * 72  # every training row, each epoch
+    assert summary["physical_queries"] >= 10 * 72  # every training row, each epoch
     with (tmp_path / "run" / "metrics.csv").open() as fh:
         loss = [float(row["train_loss"]) for row in csv.DictReader(fh)]
-    assert len(loss) == 5 and all(np.isfinite(loss))
-    assert loss[-1] < loss[0] - 0.01, f"{family}: PAT did not lower the loss: {loss}"
+    assert len(loss) == 10 and all(np.isfinite(loss))
+    accuracy = summary["test_accuracy"]
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    yardstick = written["yardstick"]["logistic_regression"]["test_accuracy"]
+    assert accuracy >= 0.6, (f"{family}: PAT reached test accuracy {accuracy:.2f} (chance "
+                             f"0.33, logistic regression {yardstick:.2f}); losses {loss}")
 
 
 def test_rehearse_serves_a_lab_configuration_and_stops_cleanly():
