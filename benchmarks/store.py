@@ -21,29 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.configs import loopback
 from labd.client import LabClient
 from labd.daemon.process import LocalDaemon
 
 DESCRIPTION = "forward round trips (256 KiB payloads) with and without the measurement store"
-
-CONFIG = """
-[store]
-synchronous = "{synchronous}"
-
-[systems.loopback]
-kind = "loopback"
-input_dim = {dim}
-param_dim = {dim}
-output_dim = {dim}
-input_range = [-1.0, 1.0]
-param_range = [-1.0, 1.0]
-inline = true
-encoding = {{ layout = "add" }}
-bench = {{ seed = 0, timing = "fast" }}
-drive = {{ driver = "sim.dac" }}
-detector = {{ driver = "sim.adc" }}
-"""
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--round-trips", type=int, default=300,
@@ -80,7 +62,7 @@ def measure_overhead(round_trips: int = 300, dim: int = 65536, clients: int = 1,
     """Round-trip figures (seconds) without and with the store, and their ratio."""
     with tempfile.TemporaryDirectory(prefix="labd-bench-store-") as tmp:
         config = Path(tmp) / "loopback.toml"
-        config.write_text(CONFIG.format(dim=dim, synchronous=synchronous))
+        config.write_text(f'[store]\nsynchronous = "{synchronous}"\n' + loopback("loopback", dim))
         store = Path(tmp) / "bench.sqlite"
         times: tuple[list[float], list[float]] = ([], [])
         with LocalDaemon(config=config) as plain, LocalDaemon(config=config, store=store) as rec:

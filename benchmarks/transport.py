@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from benchmarks.configs import loopback
 from labd.client import LabClient
 from labd.daemon.process import LocalDaemon, free_port
 from protocols.transport import recv_frames, send_frames
@@ -60,89 +61,11 @@ PAYLOADS = ((1, 12), (1, 256), (16, 256), (1, 4096), (16, 1024), (16, 4096), (64
             (256, 4096))
 QUICK_PAYLOADS = ((1, 12), (16, 4096))
 
-SYSTEM = """
-[systems.lb{dim}]
-kind = "loopback"
-input_dim = {dim}
-param_dim = {dim}
-output_dim = {dim}
-input_range = [-1.0, 1.0]
-param_range = [-1.0, 1.0]
-max_batch = 4096
-inline = true
-record = false
-encoding = {{ layout = "add" }}
-bench = {{ seed = 0, timing = "fast" }}
-drive = {{ driver = "sim.dac" }}
-detector = {{ driver = "sim.adc" }}
-"""
+#: What the transport's loopbacks add to ``benchmarks.configs.loopback``.
+SYSTEM_MORE = "max_batch = 4096\nrecord = false\n"
 
-#: The raw echo server: a ROUTER answering [identity, "", x, theta] with [identity, "", y],
-#: ``y`` being a preallocated frame of x's size (what the loopback answers), zero-copy. It
-#: sends and receives with the same lean calls as labd (``protocols.transport``), so that the
-#: comparison measures labd's own work and not a difference in how pyzmq is called.
-ECHO = """
-import sys, zmq
-from protocols.transport import recv_frames, send_frames
-ctx = zmq.Context()
-s = ctx.socket(zmq.ROUTER)
-s.bind(sys.argv[1])
-replies = {}
-while True:
-    msg = recv_frames(s)
-    if len(msg) == 3 and msg[2].bytes == b"stop":
-        break
-    n = len(msg[2])
-    y = replies.get(n)
-    if y is None:
-        y = replies[n] = zmq.Frame(bytes(n))
-    send_frames(s, [msg[0], b"", y])
-s.close(linger=0)
-ctx.term()
-"""
-
-#: The issue's REQ/REP echo: every message sent back as received, with pyzmq's own calls.
-REQREP = """
-import sys, zmq
-ctx = zmq.Context()
-s = ctx.socket(zmq.REP)
-s.bind(sys.argv[1])
-while True:
-    msg = s.recv_multipart(copy=False)
-    if len(msg) == 1 and msg[0].bytes == b"stop":
-        break
-    s.send_multipart(msg, copy=False)
-s.close(linger=0)
-ctx.term()
-"""
-
-#: The floor server: the least a Python forward server does (see the module docstring). It
-#: answers [identity, header, x, theta] with [identity, header, y].
-FLOOR = """
-import json, sys, numpy as np, zmq
-from protocols.transport import recv_frames, send_frames
-ctx = zmq.Context()
-s = ctx.socket(zmq.ROUTER)
-s.bind(sys.argv[1])
-while True:
-    msg = recv_frames(s)
-    if len(msg) == 2 and msg[1].bytes == b"stop":
-        break
-    head = json.loads(msg[1].bytes)
-    shape = head["arrays"][0]["shape"]
-    x = np.frombuffer(msg[2].buffer, np.float32).reshape(shape)
-    theta = np.frombuffer(msg[3].buffer, np.float32)
-    if not (-1.0 <= x.min() and x.max() <= 1.0 and -1.0 <= theta.min() and theta.max() <= 1.0):
-        raise SystemExit("out of range")
-    y = x + theta
-    if not np.isfinite(y).all():
-        raise SystemExit("not finite")
-    reply = (f'{{"v":1,"id":"{head["id"]}","ok":true,"seq":0,"elapsed_s":0.0,"arrays":'
-             f'[{{"name":"y","dtype":"float32","shape":[{shape[0]},{shape[1]}]}}]}}')
-    send_frames(s, [msg[0], reply.encode(), y])
-s.close(linger=0)
-ctx.term()
-"""
+#: ``benchmarks.servers``, run from the checkout that holds it.
+CHECKOUT = Path(__file__).parents[1]
 
 
 #: With ``--monitor``: the page's JSON and ``/metrics`` fetched once a second.
@@ -183,7 +106,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _config(dims: set[int]) -> str:
-    return "".join(SYSTEM.format(dim=d) for d in sorted(dims))
+    return "".join(loopback(f"lb{d}", d, SYSTEM_MORE) for d in sorted(dims))
 
 
 def _percentiles(times_s: list[float]) -> tuple[float, float, float]:
@@ -267,10 +190,11 @@ def run(payloads: tuple[tuple[int, int], ...] = PAYLOADS,
         ctx = zmq.Context.instance()
         servers: list[subprocess.Popen] = []
         sockets: list[tuple[zmq.Socket, list[bytes]]] = []
-        for code, stop, kind in ((ECHO, [b"", b"stop"], zmq.DEALER),
-                                 (FLOOR, [b"stop"], zmq.DEALER), (REQREP, [b"stop"], zmq.REQ)):
+        for name, stop, kind in (("echo", [b"", b"stop"], zmq.DEALER),
+                                 ("floor", [b"stop"], zmq.DEALER), ("reqrep", [b"stop"], zmq.REQ)):
             endpoint = f"tcp://127.0.0.1:{free_port()}"
-            servers.append(subprocess.Popen([sys.executable, "-c", code, endpoint]))
+            servers.append(subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.servers", name, endpoint], cwd=CHECKOUT))
             sock = ctx.socket(kind)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(endpoint)
