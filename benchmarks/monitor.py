@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import runner
 from benchmarks.transport import (
     PAYLOADS,
     POLLER,
@@ -40,15 +41,13 @@ DESCRIPTION = "forward round trips with and without the monitor page and /metric
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seconds", type=float, default=4.0,
-                   help="wall time spent per payload size, both daemons together (default 4)")
-    p.add_argument("--quick", action="store_true",
-                   help="two payload sizes and 0.5 s each (a smoke test)")
+    runner.add_duration(p, 4.0, "payload size, both daemons together",
+                        "two payload sizes and 0.5 s each")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     payloads = QUICK_PAYLOADS if args.quick else PAYLOADS
-    seconds = 0.5 if args.quick else args.seconds
+    seconds = runner.seconds(args)
     rows = run(payloads, seconds)
     for r in rows:
         print(f"{r['rows']:>4} x {r['dim']:<5} {r['payload_bytes']:>9} B   without "
@@ -106,6 +105,4 @@ def run(payloads: tuple[tuple[int, int], ...] = PAYLOADS,
 
 
 if __name__ == "__main__":
-    from benchmarks import runner
-
     raise SystemExit(runner.run(__spec__.name, DESCRIPTION, add_arguments, main))

@@ -11,6 +11,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+#: ``--quick``: timed seconds per part (a smoke test).
+QUICK_SECONDS = 0.5
+
+
+def add_duration(p: argparse.ArgumentParser, default_s: float, per: str, quick: str) -> None:
+    """The options of a benchmark timed for a while per part: ``--seconds`` (wall time per
+    ``per``) and ``--quick`` (``quick``; ``QUICK_SECONDS`` each); read them with ``seconds``."""
+    p.add_argument("--seconds", type=float, default=default_s,
+                   help=f"wall time spent per {per} (default {default_s:g})")
+    p.add_argument("--quick", action="store_true", help=f"{quick} (a smoke test)")
+
+
+def seconds(args: argparse.Namespace) -> float:
+    """The timed seconds per part that ``add_duration``'s options ask for."""
+    return QUICK_SECONDS if args.quick else args.seconds
+
 
 def run(prog: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None],
         main: Callable[[argparse.Namespace], dict[str, Any]],

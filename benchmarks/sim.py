@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import runner
 from labd.config import load_config
 from labd.daemon.system import PhysicalSystem
 
@@ -30,13 +31,11 @@ TARGETS = {"shg": 50_000, "plate": 2_000, "oscillator": 2_000}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seconds", type=float, default=5.0,
-                   help="timed seconds per system (default 5)")
-    p.add_argument("--quick", action="store_true", help="0.5 s per system (a smoke test)")
+    runner.add_duration(p, 5.0, "system", "0.5 s per system")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    seconds = 0.5 if args.quick else args.seconds
+    seconds = runner.seconds(args)
     figures = {name: shots_per_second(name, seconds) for name in SYSTEMS}
     for name, f in figures.items():
         print(f"{name:<11} {f['shots_per_s']:>10.0f} shots/s   batch {f['batch']:>5}   "
@@ -74,6 +73,4 @@ def shots_per_second(name: str, seconds: float = 5.0) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from benchmarks import runner
-
     raise SystemExit(runner.run(__spec__.name, DESCRIPTION, add_arguments, main))

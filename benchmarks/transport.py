@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from benchmarks import runner
 from benchmarks.configs import loopback
 from labd.client import LabClient
 from labd.daemon.process import LocalDaemon, free_port
@@ -82,10 +83,8 @@ while True:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seconds", type=float, default=4.0,
-                   help="wall time spent per payload size, both sides together (default 4)")
-    p.add_argument("--quick", action="store_true",
-                   help="two payload sizes and 0.5 s each (a smoke test)")
+    runner.add_duration(p, 4.0, "payload size, both sides together",
+                        "two payload sizes and 0.5 s each")
     p.add_argument("--monitor", action="store_true",
                    help="with the monitor page and /metrics served (labd serve --http) and "
                         "polled once a second")
@@ -93,7 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     payloads = QUICK_PAYLOADS if args.quick else PAYLOADS
-    seconds = 0.5 if args.quick else args.seconds
+    seconds = runner.seconds(args)
     rows = run(payloads, seconds, args.monitor)
     for r in rows:
         print(f"{r['rows']:>4} x {r['dim']:<5} {r['payload_bytes']:>9} B   labd "
@@ -226,6 +225,4 @@ def run(payloads: tuple[tuple[int, int], ...] = PAYLOADS,
 
 
 if __name__ == "__main__":
-    from benchmarks import runner
-
     raise SystemExit(runner.run(__spec__.name, DESCRIPTION, add_arguments, main))
