@@ -15,8 +15,10 @@ Contract of ``tune(TuneConfig)``:
   at the same epoch is pruned (Optuna's ``MedianPruner``; not before ``patience`` epochs).
 * the designs searched start from the run's default design (the task's hand-made one, or the
   one ``choose_design`` makes for the data; ``--design FILE`` replaces it) and vary the keys
-  of ``SPACE`` (``search`` restricts them). A base design without a validation split gets
-  ``VAL_FRACTION``: tuning must not look at the test rows.
+  of ``SPACE`` (``search`` restricts them). A new study's first trial is the base design
+  itself (its values of the searched keys that lie in ``SPACE``; the others drawn), so the
+  best design is never one the study never compared with the default. A base design
+  without a validation split gets ``VAL_FRACTION``: tuning must not look at the test rows.
 * with ``n`` endpoints, ``n`` trials run at once, one per daemon; each daemon's twin is
   collected and fitted once (``OUT/twins/``) and used by every trial on it.
 * ``n_trials`` is the study's budget of finished (complete or pruned) trials: run the same
@@ -46,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labd.train import designfile
 from labd.train.arch import MAX_UNITS, Arch
 from labd.train.datasets import DataError
 
@@ -113,6 +116,17 @@ def sample(trial: Any, base: Arch, keys: list[str]) -> Arch:
         else:
             values[key] = trial.suggest_categorical(key, list(args))
     return dataclasses.replace(base, **values)
+
+
+def base_params(base: Arch, keys: list[str]) -> dict[str, Any]:
+    """The values of ``keys`` in ``base`` that ``SPACE`` can draw (a trial's fixed params)."""
+    params: dict[str, Any] = {}
+    for key in keys:
+        kind, args = SPACE[key]
+        value = getattr(base, key)
+        if value in args if kind == "choice" else args[0] <= value <= args[1]:
+            params[key] = value
+    return params
 
 
 def open_study(cfg: TuneConfig, what: dict[str, Any]) -> Any:
@@ -189,8 +203,6 @@ def best_trial(study: Any) -> Any | None:
 def write_best(study: Any, out: Path, command: str) -> Path | None:
     """``OUT/best-design.toml``: the best trial's design, as the study keeps it (the trial
     may have run on another machine); None: no trial completed."""
-    from labd.train import designfile
-
     trial = best_trial(study)
     if trial is None:
         return None
@@ -224,7 +236,7 @@ def data_identity(data: str | Path) -> str:
 def tune(cfg: TuneConfig) -> dict[str, Any]:
     """Run the study until it has ``n_trials`` finished trials or ``timeout`` passes; returns
     the report written to ``OUT/tune.json``."""
-    from labd.train import designfile, run
+    from labd.train import run
 
     optuna = _optuna()
     unknown = sorted(set(cfg.search) - set(SPACE))
@@ -242,8 +254,7 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     with run.daemon_endpoints(cfg.endpoints) as eps:
         setup = _prepare(cfg, eps)
         base: Arch = setup["design"]
-        designfile.save(cfg.out / "base-design.toml", base,
-                        "The design labd tune started from (the searched keys vary).")
+        _start_from(study, base, cfg)
         free: queue.Queue[str] = queue.Queue()
         for endpoint in eps:
             free.put(endpoint)
@@ -281,6 +292,14 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     }
     (cfg.out / "tune.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     return report
+
+
+def _start_from(study: Any, base: Arch, cfg: TuneConfig) -> None:
+    """``OUT/base-design.toml``; a new study's first trial: the base design."""
+    designfile.save(cfg.out / "base-design.toml", base,
+                    "The design labd tune started from (the searched keys vary).")
+    if not study.get_trials(deepcopy=False):
+        study.enqueue_trial(base_params(base, cfg.search), user_attrs={"base": True})
 
 
 def _prepare(cfg: TuneConfig, eps: list[str]) -> dict[str, Any]:

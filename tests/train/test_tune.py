@@ -56,6 +56,13 @@ def test_tune_tiny_budget_resumes_and_writes_the_best_design(daemon: LocalDaemon
     study = _study(out)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     assert study.user_attrs["labd"]["system"] == "loopback"
+    # the first trial is the base design itself, the second one drawn
+    from labd.train import designfile
+    from labd.train.arch import Arch
+
+    base = designfile.load(out / "base-design.toml", Arch())
+    assert study.trials[0].params == {"lr": pytest.approx(base.lr), "units": base.units}
+    assert study.trials[0].user_attrs["base"] and "base" not in study.trials[1].user_attrs
 
     # a trial left running by a process that died: failed, and its design tried again
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
@@ -156,3 +163,14 @@ def test_a_study_shared_by_two_machines(daemon: LocalDaemon, tmp_path: Path) -> 
     best = designfile.load(tmp_path / "b" / "tune" / "best-design.toml", Arch())
     assert best.lr == pytest.approx(study.trials[0].params["lr"])
     assert best.epochs == 4 and best.twin_hidden == (32,)  # the rest of A's base design
+
+
+def test_base_params_keep_only_what_the_space_can_draw() -> None:
+    from labd.train.arch import Arch
+    from labd.train.tune import SPACE, base_params
+
+    base = Arch(units=16, batch_size=21, lr=0.05, hybrid=True, scaling="standard")
+    assert base_params(base, list(SPACE)) == {
+        "depth": 1, "hybrid": True, "readout": "groups", "lr": 0.05, "lr_digital": 0.01,
+        "scaling": "standard"}  # units 16 > 8 and batch 21 are drawn instead
+    assert base_params(base, ["lr"]) == {"lr": 0.05}
