@@ -1,11 +1,16 @@
 """The ``labd`` command. Each subcommand lives in a module of ``labd.commands`` that defines
 ``register(subparsers)``; this module finds them, parses the command line and runs the chosen
 subcommand's ``func(args) -> exit code``.
+
+Terminal output: log lines go to stderr whole, above any progress bar (tqdm's logging
+redirect); a command's progress bars (its ``--no-progress`` option) are on only when stderr
+is a terminal, so that a pipe or a log file gets log lines and no bar redrawn in place.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import pkgutil
@@ -31,11 +36,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _logging_above_bars(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """tqdm's logging redirect when the command shows progress bars, else nothing."""
+    if getattr(args, "no_progress", True):
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    if hasattr(args, "no_progress") and not (sys.stderr and sys.stderr.isatty()):
+        args.no_progress = True
     try:
-        return int(args.func(args) or 0)
+        with _logging_above_bars(args):
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130

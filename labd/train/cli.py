@@ -19,7 +19,9 @@ Each command has ``add_*_arguments(parser)`` and a function taking the parsed
 * ``labd demo [--out DIR]``
 
 Without ``--endpoint`` a local daemon runs for the command's duration, on ``--config FILE``
-(``train``, ``twin collect``) or the embedded default configuration.
+(``train``, ``twin collect``) or the embedded default configuration. Progress bars are drawn
+on stderr when it is a terminal (``labd.cli``); a training run logs a line per epoch
+(``labd.train.report``).
 
 Expected failures (bad data, a missing file, a daemon that cannot be reached or refuses a
 request) end the command with one line naming what failed and what to do, exit code
@@ -44,6 +46,7 @@ from labd.train.datasets import DataError
 
 log = logging.getLogger("labd.train")
 
+NO_PROGRESS = "no progress bars (the default when stderr is not a terminal)"
 #: Failures of normal use: reported in one line, not as a traceback.
 EXPECTED = (LabError, DataError, OSError, ConfigError, PluginError, DaemonStartError)
 
@@ -95,7 +98,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="pat mode: keep refining the twin on the measurements PAT makes "
                         "(default: the design's, off)")
     p.add_argument("--mnist-dir", metavar="DIR", help="directory of the 4 MNIST IDX files")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where the digital parts, the twin and its fitting run (default: "
                         "auto, CUDA when torch sees it)")
@@ -210,7 +213,7 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mnist-dir", metavar="DIR")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
 
 
 def tune(args: argparse.Namespace) -> int:
@@ -259,6 +262,7 @@ def add_twin_collect_arguments(p: argparse.ArgumentParser) -> None:
                         "without a nominal model, whose twin learns from the data alone)")
     p.add_argument("--repeats", type=int, default=2, help="shots per point, averaged")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
 
 
 def twin_collect(args: argparse.Namespace) -> int:
@@ -271,7 +275,8 @@ def twin_collect(args: argparse.Namespace) -> int:
                 Connections() as conns:
             hw = conns.hardware(eps[0], args.system)
             samples = args.samples or SAMPLES[default_family(hw.description)]
-            data = collect(hw, samples, args.repeats, seed=args.seed, progress=True)
+            data = collect(hw, samples, args.repeats, seed=args.seed,
+                           progress=not args.no_progress)
         data.save(args.out)
     except EXPECTED as exc:
         return _failed("twin collect", exc, f"; nothing was written to {args.out}")
@@ -298,6 +303,7 @@ def add_twin_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, nargs="+",
                    help="hidden layer sizes; default: the family's (labd.train.twins.HIDDEN)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
 
 
 def _stored(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]:
@@ -349,7 +355,8 @@ def twin_fit(args: argparse.Namespace) -> int:
             log.warning(NO_NOMINAL_TWIN, description.get("name"))
         twin, report = fit_twin(source, description, family,
                                 hidden=tuple(args.hidden) if args.hidden else None,
-                                epochs=args.epochs, seed=args.seed, progress=True)
+                                epochs=args.epochs, seed=args.seed,
+                                progress=not args.no_progress)
     except (*EXPECTED, NoNominalModel) as exc:
         return _failed("twin fit", exc, f"; nothing was written to {args.out}")
     sidecar = save_twin(args.out, twin, report)
@@ -375,7 +382,7 @@ def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", action="append", metavar="TASK:SYSTEM:MODE",
                    help="run only experiments matching this prefix (repeatable)")
     p.add_argument("--mnist-dir", metavar="DIR")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     p.add_argument("--resume", action="store_true",
                    help="keep the runs OUT already finished and continue the others from "
                         "their checkpoints (after an interruption or a failure)")
@@ -421,6 +428,7 @@ def demo(out_dir: str | Path = "demo-run", progress: bool = True) -> dict[str, A
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo-run", metavar="DIR")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -449,4 +457,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=reproduce)
     p = sub.add_parser("demo", help="SHG vowels: PAT against in silico on a local daemon")
     add_demo_arguments(p)
-    p.set_defaults(func=lambda a: demo(a.out) and 0)
+    p.set_defaults(func=lambda a: demo(a.out, progress=not a.no_progress) and 0)

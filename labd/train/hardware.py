@@ -4,7 +4,9 @@
 and ``forward(system, x, theta)``. ``forward`` takes float arrays, clips them into the system's
 declared ranges (the daemon rejects anything outside with ``out_of_range``; clipping only
 removes float rounding at the edges, the trainer's reparametrisations keep values inside) and
-counts every row sent as one *physical query* (one shot of the instrument).
+counts every row sent as one *physical query* (one shot of the instrument). ``instrument_s``
+adds up the instrument seconds the daemon reports for each reply (``elapsed_s``), when the
+client's ``measure`` gives them (``LabClient`` does; a client with ``forward`` alone adds none).
 
 ``connect(endpoint, system, curve=...)`` is the one-line form for a notebook or a script: a
 ``Hardware`` on its own ``LabClient`` (CURVE keys from ``labd.client.curve_keys`` when the daemon
@@ -51,6 +53,7 @@ class Hardware:
         self.queries = 0
         self.requests = 0
         self.busy_s = 0.0
+        self.instrument_s = 0.0
 
     def __repr__(self) -> str:
         return (f"Hardware({self.system!r} at {self.endpoint or 'a client'}: "
@@ -61,9 +64,15 @@ class Hardware:
         """Measured ``y`` [B, output_dim] (float32) for x [B, input_dim], theta [P] or [B, P]."""
         x = np.clip(np.asarray(x, dtype=np.float32), *self.input_range)
         theta = np.clip(np.asarray(theta, dtype=np.float32), *self.param_range)
+        x, theta = np.ascontiguousarray(x), np.ascontiguousarray(theta)
         started = time.perf_counter()
-        y = self.client.forward(self.system, np.ascontiguousarray(x),
-                                np.ascontiguousarray(theta))
+        measure = getattr(self.client, "measure", None)
+        if measure is not None:
+            result = measure(self.system, x, theta)
+            y = result.y
+            self.instrument_s += result.elapsed_s
+        else:
+            y = self.client.forward(self.system, x, theta)
         self.busy_s += time.perf_counter() - started
         self.queries += int(x.shape[0])
         self.requests += 1

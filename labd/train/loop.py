@@ -32,7 +32,9 @@ transfers are at the hardware boundary (``PhysicalLayer.measure`` and the pipeli
 requests: rows to the host, measurements back) and the small results of evaluations.
 
 Physical queries: every row sent to any daemon (training forwards in ``pat`` mode and all
-evaluations), counted by ``Hardware``.
+evaluations), counted by ``Hardware``; ``instrument_s``: the instrument seconds the daemons
+reported for them (over ``wall_s``: the duty cycle of the training). Both carry on across
+resumes, as ``wall_s`` does.
 
 Pipelined PAT (``LoopConfig.pipeline``, the default): in ``pat`` mode, when every physical
 layer's client can ``submit`` and collect ``result``s (``LabClient``), the training steps and the
@@ -72,7 +74,7 @@ from labd.train.pipeline import Evaluation, Pipeline, samples_per_request
 from labd.train.twins import TwinRefiner
 
 METRICS = ["epoch", "train_loss", "train_acc", "val_acc", "val_loss", "test_acc",
-           "test_acc_model", "physical_queries", "wall_s"]
+           "test_acc_model", "physical_queries", "instrument_s", "wall_s"]
 EpochCallback = Callable[[dict[str, Any]], None]
 
 
@@ -142,11 +144,12 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, max(1, steps))
         self.epoch = 0
         self.query_offset = 0
+        self.instrument_offset = 0.0
         self.wall_offset = 0.0
         self.rows: list[dict[str, Any]] = []
         #: the metrics row of the checkpoint's epoch when its test evaluation is still to come
         self.unevaluated: dict[str, Any] | None = None
-        self._q0 = self._hw_queries()
+        self._q0, self._i0 = self._hw_queries(), self._hw_instrument()
         self._t0 = time.perf_counter()
 
     # ----------------------------------------------------------------- bookkeeping
@@ -159,6 +162,13 @@ class Trainer:
     def queries(self) -> int:
         """Physical queries made by training and evaluation so far (across resumes)."""
         return self.query_offset + self._hw_queries() - self._q0
+
+    def _hw_instrument(self) -> float:
+        return sum(h.instrument_s for h in self.hardware)
+
+    def instrument(self) -> float:
+        """Instrument seconds of those queries (across resumes)."""
+        return self.instrument_offset + self._hw_instrument() - self._i0
 
     def wall(self) -> float:
         return self.wall_offset + time.perf_counter() - self._t0
@@ -190,8 +200,9 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.best = state.get("best")
         self.query_offset = int(state["queries"])
+        self.instrument_offset = float(state.get("instrument_s", 0.0))
         self.wall_offset = float(state["wall_s"])
-        self._q0 = self._hw_queries()
+        self._q0, self._i0 = self._hw_queries(), self._hw_instrument()
         self._t0 = time.perf_counter()
         self.unevaluated = state.get("unevaluated")
         self.rows = self._read_metrics()[: self.epoch - (self.unevaluated is not None)]
@@ -286,6 +297,7 @@ class Trainer:
             "epoch": self.epoch,
             "best": self.best,
             "queries": self.queries(),
+            "instrument_s": self.instrument(),
             "wall_s": self.wall(),
         }
 
@@ -422,7 +434,9 @@ class Trainer:
         model_acc = None
         if self.cfg.mode in ("insilico", "twin"):
             model_acc = self.accuracy("test", "model")
-        self.rows.append({**row, "test_acc_model": model_acc, "wall_s": round(self.wall(), 3)})
+        self.rows.append({**row, "test_acc_model": model_acc,
+                          "instrument_s": round(self.instrument(), 4),
+                          "wall_s": round(self.wall(), 3)})
         self._write_metrics()
         state = pending.state if pending.state is not None else self._state()
         if self.validating and self._improves(row):
@@ -431,6 +445,7 @@ class Trainer:
             _save({"network": state["network"], **self.best}, self.best_path)
         state["best"] = self.best
         state["wall_s"] = self.wall()
+        state["instrument_s"] = self.instrument()
         self.save_checkpoint(state)
         for callback in self.on_epoch:
             callback(dict(self.rows[-1]))

@@ -20,7 +20,8 @@ Contract of ``Pipeline(net, loss_sum, chunk, eval_chunk)`` (``Trainer`` uses it 
   taken with ``LabClient.result(id, retry=True)`` (retryable failures sent again with the same
   id); inputs are clipped into range and shots counted in ``hardware.queries`` as
   ``Hardware.forward`` does; a layer's ``recorder`` gets each layer's minibatch at once, as in
-  the plain loop. ``instrument_s`` adds up the replies' ``elapsed_s``.
+  the plain loop. ``instrument_s`` adds up the replies' ``elapsed_s`` (and each
+  ``hardware.instrument_s`` its own, as ``Hardware.forward`` does).
 
 Timings, the variants tried and why they were not kept: ``docs/performance.md``.
 """
@@ -420,6 +421,7 @@ class Pipeline:
         assert hw is not None
         result = hw.client.result(entry.rid, retry=True)  # retried as ``measure`` is
         self.instrument_s += result.elapsed_s
+        hw.instrument_s += result.elapsed_s
         y = from_host(np.array(result.y, dtype=np.float32), entry.layer.raw_theta)  # device
         if isinstance(entry.owner, _EvalFlow):
             self._advance_eval(entry.owner, y, eager)

@@ -7,10 +7,17 @@
 * ``physical_outputs(examples, labels, path)``: each physical layer's measured outputs for a
   few test samples.
 * ``twin_scatter(pred, measured, path)``: a twin's predictions against measurements.
+
+Inside ``with figures_to(sink):`` every figure is also given to ``sink(name, figure)`` before
+it is closed (``name``: the file's stem), e.g. to a run's TensorBoard event files
+(``labd.train.report``); the sinks belong to the context (thread) that set them.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +26,29 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
+
+FigureSink = Callable[[str, Figure], None]
+_sinks: ContextVar[tuple[FigureSink, ...]] = ContextVar("figure_sinks", default=())
+
+
+@contextlib.contextmanager
+def figures_to(sink: FigureSink) -> Iterator[None]:
+    """Within the block, every figure saved here is also given to ``sink``."""
+    token = _sinks.set((*_sinks.get(), sink))
+    try:
+        yield
+    finally:
+        _sinks.reset(token)
+
+
+def _save(fig: Figure, path: str | Path) -> None:
+    """Write ``fig`` to ``path``, give it to the sinks, close it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    for sink in _sinks.get():
+        sink(Path(path).stem, fig)
+    plt.close(fig)
 
 
 def learning_curves(rows: list[dict[str, Any]], path: str | Path, title: str = "",
@@ -40,9 +70,7 @@ def learning_curves(rows: list[dict[str, Any]], path: str | Path, title: str = "
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def confusion(matrix: np.ndarray, path: str | Path, title: str = "") -> None:
@@ -57,9 +85,7 @@ def confusion(matrix: np.ndarray, path: str | Path, title: str = "") -> None:
     ax.set_xticks(range(k))
     ax.set_yticks(range(k))
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def physical_outputs(examples: list[np.ndarray], labels: np.ndarray, path: str | Path) -> None:
@@ -72,9 +98,7 @@ def physical_outputs(examples: list[np.ndarray], labels: np.ndarray, path: str |
         ax.set_xlabel("output element")
     axes[0][0].set_ylabel("measured y")
     axes[0][-1].legend(title="class", fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def twin_scatter(pred: np.ndarray, measured: np.ndarray, path: str | Path,
@@ -90,6 +114,4 @@ def twin_scatter(pred: np.ndarray, measured: np.ndarray, path: str | Path,
     ax.set_xlabel("measured y")
     ax.set_ylabel("twin prediction")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)

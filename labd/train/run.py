@@ -32,6 +32,9 @@
    ``physical_outputs.png`` into the run folder and returns the summary (``forward`` and
    ``backward``: what computed training's passes, ``training_passes``).
 
+Every epoch is reported as it ends (``labd.train.report``): a log line, and TensorBoard event
+files in the run folder (scalars and every figure above) when TensorBoard is installed.
+
 ``physical_queries`` in the summary counts every shot: twin data collection, training
 forwards (``pat``) and every evaluation on the hardware; ``queries`` breaks it down.
 """
@@ -57,6 +60,7 @@ from labd.train.datasets import Dataset, fit_scaling, load_task
 from labd.train.devices import resolve_device
 from labd.train.hardware import Connections, Hardware
 from labd.train.loop import EpochCallback, LoopConfig, Trainer
+from labd.train.report import reporting
 from labd.train.twins import (
     NO_NOMINAL_TWIN,
     Twin,
@@ -145,6 +149,7 @@ def resolve_design(task: str | None, system: str, dataset: Dataset,
     return designfile.apply(arch, overrides or {}, "command line")
 
 
+@reporting
 def run_training(*, task: str | None = None, data: str | Path | None = None, system: str,
                  mode: str, out: str | Path, endpoints: list[str] | None = None,
                  config: str | Path | None = None, seed: int = 0,
