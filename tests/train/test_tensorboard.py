@@ -1,6 +1,7 @@
 """TensorBoard for training runs: event files in the run folder that TensorBoard's own reader
 loads, with the metrics rows' scalars, the duty cycle and the run's figures; a resumed run
-shows each epoch once; without the package nothing changes."""
+shows each epoch once; every trial of ``labd tune`` has them; without the package nothing
+changes."""
 
 from __future__ import annotations
 
@@ -109,26 +110,64 @@ def test_resumed_run_shows_each_epoch_once(daemon: LocalDaemon, tmp_path: Path,
         [float(r["instrument_s"]) for r in rows], rel=1e-6)
 
 
+def _files(run: Path) -> set[str]:
+    return {str(p.relative_to(run)) for p in run.rglob("*")}
+
+
+def _without_timings(run: Path) -> list[dict[str, str]]:
+    return [{k: v for k, v in r.items() if k not in ("wall_s", "instrument_s")}
+            for r in _rows(run)]
+
+
 def test_without_tensorboard_nothing_changes(daemon: LocalDaemon, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch,
                                              caplog: pytest.LogCaptureFixture) -> None:
-    """TensorBoard missing: the same run folder as ever, no event file, no error, no warning;
-    one info line per process says how to get it."""
+    """TensorBoard missing: the run folder of the same run with it, less its event files; no
+    error, no warning; one info line per process says how to get it."""
+    pytest.importorskip("tensorboard")
     from labd.train.run import run_training
 
-    for name in ("tensorboard", "torch.utils.tensorboard"):
-        monkeypatch.setitem(sys.modules, name, None)  # what an import finds when not installed
-    monkeypatch.setattr(board, "_told_missing", False)
-    caplog.set_level(logging.INFO)
-    for name in ("a", "b"):
-        run_training(task="vowels", system="loopback", mode="insilico", out=tmp_path / name,
-                     endpoints=[daemon.endpoint], seed=0, arch=replace(ARCH, epochs=2),
-                     progress=False)
-        assert sorted(p.name for p in (tmp_path / name).iterdir()) == [
-            "checkpoint.pt", "confusion.png", "learning_curves.png", "metrics.csv",
-            "physical_outputs.png", "summary.json"]
+    kw = dict(task="vowels", system="loopback", mode="insilico", endpoints=[daemon.endpoint],
+              seed=0, arch=replace(ARCH, epochs=2), progress=False)
+    run_training(out=tmp_path / "with", **kw)
+    with monkeypatch.context() as patch:
+        for name in ("tensorboard", "torch.utils.tensorboard"):
+            patch.setitem(sys.modules, name, None)  # what an import finds when not installed
+        patch.setattr(board, "_told_missing", False)
+        caplog.set_level(logging.INFO)
+        for name in ("without", "again"):
+            run_training(out=tmp_path / name, **kw)
+    events = {f for f in _files(tmp_path / "with") if f.startswith("events.out.tfevents.")}
+    assert events
+    assert _files(tmp_path / "without") == _files(tmp_path / "again") == \
+        _files(tmp_path / "with") - events
+    assert _without_timings(tmp_path / "without") == _without_timings(tmp_path / "with")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     told = [r.getMessage() for r in caplog.records if "TensorBoard" in r.getMessage()]
     assert len(told) == 1 and "labd[tensorboard]" in told[0], told
     epochs = [r.getMessage() for r in caplog.records if ": epoch " in r.getMessage()]
-    assert len(epochs) == 4 and epochs[0].startswith("a: epoch 1: loss "), epochs
+    assert len(epochs) == 4 and epochs[0].startswith("without: epoch 1: loss "), epochs
+
+
+def test_every_trial_of_labd_tune_gets_event_files(daemon: LocalDaemon,
+                                                   tmp_path: Path) -> None:
+    """A tune trial is a run folder made by run_training: its event files carry the
+    validation curves the study is pruned on."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("optuna")
+    from labd.train.tune import TuneConfig, tune
+    from tests.train.test_defaults import _csv
+
+    (tmp_path / "base.toml").write_text(
+        "[design]\nepochs = 2\ntwin_samples = 400\ntwin_epochs = 2\ntwin_hidden = [32]\n")
+    tune(TuneConfig(system="loopback", out=tmp_path / "tune", data=_csv(tmp_path / "d.csv"),
+                    endpoints=[daemon.endpoint], n_trials=1, search=["lr"],
+                    design=tmp_path / "base.toml", progress=False))
+    trial = tmp_path / "tune" / "trials" / "trial-0000"
+    scalars, rows = _events(trial)["scalars"], _rows(trial)
+    assert len(rows) == 2
+    for tag, key in (("accuracy/validation", "val_acc"), ("loss/validation", "val_loss"),
+                     ("accuracy/test_hardware", "test_acc")):
+        assert [s for s, _ in scalars[tag]] == [1, 2], tag
+        assert [v for _, v in scalars[tag]] == pytest.approx(
+            [float(r[key]) for r in rows], rel=1e-6), tag
