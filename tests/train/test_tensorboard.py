@@ -1,7 +1,8 @@
 """TensorBoard for training runs: event files in the run folder that TensorBoard's own reader
 loads, with the metrics rows' scalars, the duty cycle and the run's figures; a resumed run
 shows each epoch once; every trial of ``labd tune`` has them; without the package nothing
-changes."""
+changes. TensorBoard is part of ``labd[dev]`` (``scripts/setup`` installs it): without it these
+tests fail, they do not skip."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ from labd.train import loop
 from labd.train import tensorboard as board
 from labd.train.arch import default_arch
 
+try:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+except ImportError:  # pragma: no cover - a broken setup, said plainly
+    pytest.fail("tensorboard is not installed: scripts/setup installs it (labd[dev] includes "
+                "labd[tensorboard])", pytrace=False)
+
 #: a small PAT design on the loopback: a twin fitted in seconds, a few epochs
 ARCH = replace(default_arch("vowels", "loopback"), epochs=3, twin_samples=1000, twin_epochs=4)
 SCALARS = {"loss/train", "accuracy/train", "accuracy/test_hardware",
@@ -29,8 +36,6 @@ FIGURES = {"figures/twin-0", "figures/learning_curves", "figures/confusion",
 
 def _events(run: Path) -> dict:
     """The run folder as TensorBoard loads it: tag -> [(step, value)], images -> [(step, w, h)]."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
     tags = acc.Tags()
@@ -45,7 +50,6 @@ def _rows(run: Path) -> list[dict[str, str]]:
 
 def test_pat_run_writes_scalars_and_figures_tensorboard_reads(daemon: LocalDaemon,
                                                               tmp_path: Path) -> None:
-    pytest.importorskip("tensorboard")
     from labd.train.run import run_training
 
     run = tmp_path / "run"
@@ -84,7 +88,6 @@ def test_resumed_run_shows_each_epoch_once(daemon: LocalDaemon, tmp_path: Path,
     """A run that dies after epoch 2 of 3 and is resumed: TensorBoard's reader sees epochs
     1, 2, 3 once each, the values of metrics.csv (the purge of the crashed session's
     later steps, and the counters carried across the resume)."""
-    pytest.importorskip("tensorboard")
     from labd.train.run import run_training
 
     kw = dict(task="vowels", system="loopback", mode="pat", endpoints=[daemon.endpoint],
@@ -124,7 +127,6 @@ def test_without_tensorboard_nothing_changes(daemon: LocalDaemon, tmp_path: Path
                                              caplog: pytest.LogCaptureFixture) -> None:
     """TensorBoard missing: the run folder of the same run with it, less its event files; no
     error, no warning; one info line per process says how to get it."""
-    pytest.importorskip("tensorboard")
     from labd.train.run import run_training
 
     kw = dict(task="vowels", system="loopback", mode="insilico", endpoints=[daemon.endpoint],
@@ -153,7 +155,6 @@ def test_every_trial_of_labd_tune_gets_event_files(daemon: LocalDaemon,
                                                    tmp_path: Path) -> None:
     """A tune trial is a run folder made by run_training: its event files carry the
     validation curves the study is pruned on."""
-    pytest.importorskip("tensorboard")
     pytest.importorskip("optuna")
     from labd.train.tune import TuneConfig, tune
     from tests.train.test_defaults import _csv
