@@ -1,6 +1,6 @@
 """``run(...)``: the command line of one benchmark: its options and ``--json PATH``; prints its
 figures with ``machine`` (CPU count, 1-minute load average before and after the run: other
-processes on the machine skew every timing)."""
+processes on the machine skew every timing; ``null`` where the OS keeps none, as on Windows)."""
 
 from __future__ import annotations
 
@@ -35,10 +35,10 @@ def run(prog: str, description: str, add_arguments: Callable[[argparse.ArgumentP
     add_arguments(parser)
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     args = parser.parse_args(argv)
-    before = os.getloadavg()[0]
+    before = load_1min()
     figures = main(args)
-    figures["machine"] = {"cpus": os.cpu_count(), "load_1min_before": round(before, 2),
-                          "load_1min_after": round(os.getloadavg()[0], 2)}
+    figures["machine"] = {"cpus": os.cpu_count(), "load_1min_before": before,
+                          "load_1min_after": load_1min()}
     width = max(map(len, figures), default=0)
     for key, value in figures.items():
         if isinstance(value, list | dict):  # tables: the benchmark printed them; see --json
@@ -49,3 +49,9 @@ def run(prog: str, description: str, add_arguments: Callable[[argparse.ArgumentP
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     return 0
+
+
+def load_1min() -> float | None:
+    """The 1-minute load average, to two decimals; ``None`` where there is none (Windows)."""
+    getloadavg = getattr(os, "getloadavg", None)
+    return round(getloadavg()[0], 2) if getloadavg is not None else None

@@ -5,18 +5,22 @@ libusb); the fakes in ``drivers/emulators/vendor/`` talk to the emulated instrum
 ``drivers.emulators.hardware`` through this bus instead: a ``multiprocessing.connection``
 over a Unix socket (no Nagle delays: a call costs ~0.1 ms), one request at a time per
 connection, ``(device, method, args)`` in, ``("ok", value)`` or ``("error", type name,
-message)`` out.
+message)`` out. On Windows, which has no Unix sockets in ``multiprocessing``, the bus is a
+named pipe (``\\\\.\\pipe\\labd-emulator-...``) instead.
 
 ``serve(devices)`` runs the hardware side (``drivers.emulators.hardware_server`` does it in its
 own process); ``Bus.connect()`` is the library side: the address comes from the environment
-variable ``LABD_EMULATOR`` (the socket's path), which ``hardware_server`` prints.
+variable ``LABD_EMULATOR`` (the socket's path or the pipe's name), which ``hardware_server``
+prints.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import threading
+import uuid
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any, ClassVar
 
@@ -31,11 +35,9 @@ class BusError(RuntimeError):
 
 def serve(devices: dict[str, Any], path: str | None = None) -> Listener:
     """Answer calls on ``devices`` (name -> object) from a background thread per connection,
-    on the Unix socket ``path`` (default: a fresh one in a private temporary directory);
-    returns the listener (``listener.address`` is the path)."""
-    if path is None:
-        path = os.path.join(tempfile.mkdtemp(prefix="labd-emulator-"), "bus")
-    listener = Listener(path, family="AF_UNIX", authkey=AUTHKEY)
+    at ``path``, a Unix socket's path or a named pipe's name (default: ``fresh_address()``);
+    returns the listener (``listener.address`` is that address)."""
+    listener = Listener(path or fresh_address(), authkey=AUTHKEY)
 
     def answer(conn: Connection) -> None:
         with conn:
@@ -62,6 +64,14 @@ def serve(devices: dict[str, Any], path: str | None = None) -> Listener:
     return listener
 
 
+def fresh_address() -> str:
+    """A new private bus address: a Unix socket in a private temporary directory (POSIX), a
+    named pipe of a random name (Windows)."""
+    if sys.platform == "win32":
+        return rf"\\.\pipe\labd-emulator-{uuid.uuid4().hex}"
+    return os.path.join(tempfile.mkdtemp(prefix="labd-emulator-"), "bus")
+
+
 class Bus:
     """The library side: one connection per process, shared by every fake object."""
 
@@ -70,7 +80,7 @@ class Bus:
 
     def __init__(self, address: str) -> None:
         try:
-            self.conn = Client(address, family="AF_UNIX", authkey=AUTHKEY)
+            self.conn = Client(address, authkey=AUTHKEY)
         except (OSError, ValueError) as exc:
             raise BusError(f"no emulated hardware at {ENV}={address!r}: {exc}") from None
         self.lock = threading.Lock()

@@ -30,9 +30,11 @@ import signal
 import threading
 from typing import Any
 
+import psutil
+
 from drivers.emulators.bus import serve
 from drivers.emulators.hardware import Clock, DaqCard, FlameSpectrometer, MaskLog, SoundCard
-from drivers.emulators.pty_server import PtyServer, ShaperModel
+from drivers.emulators.pty_server import NoPty, PtyServer, ShaperModel
 from drivers.emulators.rig import EmulatedRig, load_rig, systems_of
 
 
@@ -77,6 +79,13 @@ def build(rig: EmulatedRig, clock: Clock) -> tuple[dict[str, Any], dict[str, Pty
     return devices, ptys
 
 
+def starter_runs(starter: psutil.Process) -> bool:
+    """Whether the process that started this one still runs: on POSIX this process is
+    re-parented when it exits; Windows never re-parents, so ask whether it runs (a reaped
+    process, or its pid reused)."""
+    return os.getppid() == starter.pid and starter.is_running()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m drivers.emulators.hardware_server",
                                 description=__doc__.split("\n\n")[0])
@@ -92,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     if name is None:
         p.error(f"--system is needed: the configuration has {sorted(systems)}")
     rig = load_rig(name, args.config, seed=args.seed)
-    devices, ptys = build(rig, Clock(args.speed))
+    try:
+        devices, ptys = build(rig, Clock(args.speed))
+    except NoPty as exc:
+        p.exit(1, f"{p.prog}: {exc}\n")
+    starter = psutil.Process(os.getppid())
     listener = serve(devices, args.bus)
     bus = listener.address
     addresses = {name: pty.path for name, pty in ptys.items()}
@@ -101,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    parent = os.getppid()
-    while not stop.wait(0.5) and os.getppid() == parent:  # (a killed starter: stop too)
+    while not stop.wait(0.5) and starter_runs(starter):  # (a killed starter: stop too)
         pass
     listener.close()
     for pty in ptys.values():

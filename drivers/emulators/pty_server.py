@@ -2,7 +2,10 @@
 
 ``PtyServer(model)`` opens a pty pair (``os.openpty``) and answers on the master side; a driver
 opens ``path`` (the slave, e.g. ``/dev/pts/7``) with pyserial exactly as it would open
-``/dev/ttyACM0``. ``muted`` makes it read and drop everything without answering.
+``/dev/ttyACM0``. ``muted`` makes it read and drop everything without answering. Windows has
+no pseudo-terminals: there ``PtyServer`` raises ``NoPty`` (the TCP instruments of
+``drivers.emulators.scpi_server`` and the bus of ``drivers.emulators.hardware_server`` run
+everywhere).
 
 * ``ShaperModel``: the labd pulse-shaper protocol (``drivers/serial/pulse_shaper.py``); the mask
   it holds is the rig's ``mask``, which the OSA sweeps.
@@ -17,7 +20,6 @@ import contextlib
 import os
 import select
 import threading
-import tty
 
 import numpy as np
 
@@ -132,10 +134,20 @@ class DaqModel(LineModel):
         return f"ERR 1 unknown command {head}\n".encode()
 
 
+class NoPty(RuntimeError):
+    """This platform has no pseudo-terminals (Windows)."""
+
+
 class PtyServer:
     """Answers ``model``'s protocol on a fresh pty; ``path`` is the device to open."""
 
     def __init__(self, model: LineModel) -> None:
+        if not hasattr(os, "openpty"):
+            raise NoPty(f"the {type(model).__name__.removesuffix('Model').lower()} emulator "
+                        f"answers on a pseudo-terminal, which this platform lacks: rehearse "
+                        f"serial instruments on Linux or macOS")
+        import tty  # (POSIX only)
+
         self.model = model
         self.muted = False
         self._master, self._slave = os.openpty()

@@ -79,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speed", type=float, default=1.0)
     args = p.parse_args(argv)
-    hardware, info = start_hardware(args.config, args.system, args.seed, args.speed)
+    try:
+        hardware, info = start_hardware(args.config, args.system, args.seed, args.speed)
+    except RuntimeError as exc:  # (its own message, above, says why)
+        p.exit(1, f"{p.prog}: {exc}\n")
     daemon = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # (runs the cleanup below)
     try:

@@ -12,7 +12,8 @@ address, e.g. ``{"rig": "oscillator", "pid": 123, "awg": "TCPIP::127.0.0.1::4061
 P, P+1...; 0 picks free ports.
 
 Faults for tests: SIGUSR1 toggles "stop answering" (every instrument reads and drops commands),
-SIGUSR2 drops every TCP connection. SIGTERM or SIGINT stop the process.
+SIGUSR2 drops every TCP connection (POSIX only: Windows has neither signal). SIGTERM or SIGINT
+stop the process.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import signal
 import threading
 
 from drivers.emulators.keysight import wire_awg_scope
-from drivers.emulators.pty_server import DaqModel, PtyServer, ShaperModel
+from drivers.emulators.pty_server import DaqModel, NoPty, PtyServer, ShaperModel
 from drivers.emulators.rig import EmulatedRig, load_rig
 from drivers.emulators.scpi import TcpServer
 from drivers.emulators.yokogawa import OsaModel
@@ -96,14 +97,18 @@ def main(argv: list[str] | None = None) -> None:
     name = args.system or args.rig or "oscillator"
     rig = load_rig(name, args.config, args.seed, args.timing)
     fronts = (args.front or DEFAULT_FRONTS.get(rig.kind, "awg,scope")).split(",")
-    emulators = Emulators(rig, fronts, args.host, args.port)
+    try:
+        emulators = Emulators(rig, fronts, args.host, args.port)
+    except NoPty as exc:
+        parser.exit(1, f"{parser.prog}: {exc}\n")
     stop = threading.Event()
 
     def toggle(*_: object) -> None:
         emulators.muted = not emulators.muted
 
-    signal.signal(signal.SIGUSR1, toggle)
-    signal.signal(signal.SIGUSR2, lambda *_: emulators.drop())
+    if hasattr(signal, "SIGUSR1"):  # (not on Windows)
+        signal.signal(signal.SIGUSR1, toggle)
+        signal.signal(signal.SIGUSR2, lambda *_: emulators.drop())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     print(json.dumps({"rig": name, "kind": rig.kind, "bench": type(rig.bench).__name__,

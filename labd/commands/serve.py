@@ -1,4 +1,5 @@
-"""``labd serve``: run the daemon until SIGINT or SIGTERM."""
+"""``labd serve``: run the daemon until it is asked to stop (``labd.daemon.process.stop_signals``:
+Ctrl-C everywhere, SIGTERM on POSIX, Ctrl-Break on Windows) or its starter exits."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ import zmq
 
 from labd.commands.web import PageError, PageProcess, add_http_arguments
 from labd.config import ConfigError, DaemonConfig, load_config
+from labd.daemon.process import stop_signals
 
 if TYPE_CHECKING:
+    import psutil
+
     from labd.daemon.system import PhysicalSystem
 
 log = logging.getLogger("labd.serve")
@@ -28,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve", help="run the daemon",
         description="Serve physical forward queries over ZeroMQ (protocol v1). Without --config "
                     "it serves the embedded default: every simulated system, in fast timing, "
-                    "plus the loopback diagnostic. Stop it with Ctrl-C or SIGTERM.")
+                    "plus the loopback diagnostic. Stop it with Ctrl-C (or SIGTERM on Linux and "
+                    "macOS, Ctrl-Break on Windows).")
     p.add_argument("--config", metavar="PATH",
                    help="TOML configuration (default: the embedded one; see `labd config`)")
     p.add_argument("--bind", metavar="ENDPOINT",
@@ -53,11 +58,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def stop_with_parent(stop: Callable[[], None], parent: int, poll_s: float = 0.5,
                      what: str = "daemon") -> threading.Thread:
-    """Call ``stop`` once process ``parent`` is no longer this process's parent (it exited and
-    this process was re-parented), at once if that happened already."""
+    """Call ``stop`` once process ``parent`` (the one that started this one) has exited; at
+    once if it had already: no such process, a zombie, or its pid taken by a process started
+    after this one. The same on every platform (psutil): Windows never re-parents an orphan, so
+    ``os.getppid()`` would not tell."""
+    import psutil
 
     def watch() -> None:
-        while os.getppid() == parent:
+        try:
+            starter = psutil.Process(parent)
+            if starter.create_time() > psutil.Process().create_time():
+                starter = None  # the pid of a process newer than this one: the starter is gone
+        except psutil.Error:
+            starter = None
+        while starter is not None and _running(starter):
             time.sleep(poll_s)
         log.warning("the process that started this %s (pid %d) has exited; stopping",
                     what, parent)
@@ -66,6 +80,15 @@ def stop_with_parent(stop: Callable[[], None], parent: int, poll_s: float = 0.5,
     thread = threading.Thread(target=watch, name="labd-parent-watch", daemon=True)
     thread.start()
     return thread
+
+
+def _running(process: psutil.Process) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,7 +148,7 @@ def _serve(args: argparse.Namespace, config: DaemonConfig,
     except (InsecureBind, OSError, ValueError) as exc:
         log.error("%s", exc)
         return 2
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in stop_signals():
         signal.signal(sig, lambda *_: daemon.stop())
     if args.exit_with_parent is not None:
         stop_with_parent(daemon.stop, args.exit_with_parent or os.getppid())

@@ -102,6 +102,7 @@ def _settings(args: argparse.Namespace) -> tuple[str, int, str | None, dict[str,
 
 def run(args: argparse.Namespace) -> int:
     from labd.commands.serve import stop_with_parent
+    from labd.daemon.process import stop_signals
     from labd.web.runs import RunWatch
     from labd.web.server import Monitor, MonitorServer
     from labd.web.watch import DaemonWatch
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
              server.url, server.url, " (token required)" if token else "")
     print(server.url, flush=True)  # how `labd serve --http` learns the address
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in stop_signals():
         signal.signal(sig, lambda *_: stop.set())
     if args.exit_with_parent is not None:
         stop_with_parent(stop.set, args.exit_with_parent or os.getppid(), what="monitor")

@@ -1,12 +1,22 @@
-"""Start ``labd serve`` as a child process on a free loopback port, for a run or a test.
+"""Start ``labd serve`` as a child process on a free loopback port, for a run or a test; and
+how a daemon is stopped cleanly on each platform.
 
 ``LocalDaemon`` is a context manager: on entry it starts the daemon (embedded default config
 unless ``config`` names a file; no store unless ``store`` names a file), waits until it answers
 ``hello`` (with ``curve`` keys when the daemon requires them), and exposes ``endpoint``; on exit
-it sends SIGTERM and waits for a clean exit (SIGKILL after ``stop_timeout_s``). The daemon
-runs with ``--exit-with-parent <this pid>``: if this process dies without stopping it (``kill -9``
-of a trainer), the daemon stops by itself within a second, also when that happens while the
-daemon is still starting.
+it sends the clean-stop signal and waits for a clean exit (killed after ``stop_timeout_s``).
+The daemon runs with ``--exit-with-parent <this pid>``: if this process dies without stopping
+it (``kill -9`` of a trainer), the daemon stops by itself within a second, also when that
+happens while the daemon is still starting.
+
+Stopping cleanly (requests in hand finished, instruments and store closed): ``labd serve``
+stops on ``stop_signals()`` and ``LocalDaemon.stop`` sends ``clean_stop_signal()``. On POSIX
+that is SIGTERM. Windows delivers no SIGTERM (``send_signal(SIGTERM)`` there is
+TerminateProcess, a crash): the daemon starts in a new process group and is sent
+CTRL_BREAK_EVENT, which it receives as SIGBREAK. ``PORTABLE`` (Windows; ``LABD_PORTABLE=1``
+forces it on Linux, as ``tests/daemon/test_portable.py`` does) is the path without SIGTERM: the
+daemon stops on SIGINT and SIGBREAK only, and ``stop`` sends CTRL_BREAK_EVENT (SIGINT on Linux,
+which has no console events).
 """
 
 from __future__ import annotations
@@ -19,8 +29,33 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from labd.client import LabClient, ReplyTimeout
+
+PORTABLE = os.name == "nt" or os.environ.get("LABD_PORTABLE") == "1"
+
+
+def stop_signals() -> tuple[int, ...]:
+    """The signals on which ``labd serve`` (and ``labd web``) stop cleanly: SIGINT (Ctrl-C)
+    everywhere; SIGTERM (``kill``, systemd) on POSIX; SIGBREAK (Ctrl-Break, and
+    ``LocalDaemon.stop``) where it exists (Windows)."""
+    if not PORTABLE:
+        return (signal.SIGINT, signal.SIGTERM)
+    return (signal.SIGINT, *[s for s in (getattr(signal, "SIGBREAK", None),) if s is not None])
+
+
+def clean_stop_signal() -> int:
+    """What ``LocalDaemon.stop`` sends (one of the daemon's ``stop_signals()``)."""
+    if os.name == "nt":
+        return signal.CTRL_BREAK_EVENT
+    return signal.SIGINT if PORTABLE else signal.SIGTERM
+
+
+def _popen_options() -> dict[str, Any]:
+    """Windows: a process group of its own, the only target CTRL_BREAK_EVENT can have (Ctrl-C
+    in the starter's console no longer reaches the daemon; the starter stops it)."""
+    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt" else {}
 
 
 def free_port() -> int:
@@ -75,7 +110,7 @@ class LocalDaemon:
 
     def start(self) -> LocalDaemon:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(self._args, env=env)
+        self.proc = subprocess.Popen(self._args, env=env, **_popen_options())
         try:
             wait_ready(self.endpoint, self.start_timeout_s, self.proc, self.curve)
         except BaseException:
@@ -84,10 +119,14 @@ class LocalDaemon:
         return self
 
     def stop(self) -> int:
-        """SIGTERM, wait for the exit code (SIGKILL if it does not come)."""
+        """The clean-stop signal, then wait for the exit code (killed if it does not come)."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.send_signal(clean_stop_signal())
+        except OSError:  # Windows, a starter without a console: no console event to send
+            self.kill()  # (the store recovers at its next opening, as after a crash)
+            return self.proc.returncode
         try:
             return self.proc.wait(self.stop_timeout_s)
         except subprocess.TimeoutExpired:
@@ -95,7 +134,7 @@ class LocalDaemon:
             return -9
 
     def kill(self) -> None:
-        """SIGKILL, as a crash would."""
+        """Kill (SIGKILL; TerminateProcess on Windows), as a crash would."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()

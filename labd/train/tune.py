@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from labd.train import designfile
 from labd.train.arch import MAX_UNITS, Arch
 from labd.train.datasets import DataError
@@ -166,22 +168,12 @@ def _retry_dead_trials(study: Any) -> int:
     retried = 0
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         pid = trial.user_attrs.get("pid")
-        if trial.user_attrs.get("host") != host or pid is None or _alive(int(pid)):
+        if trial.user_attrs.get("host") != host or pid is None or psutil.pid_exists(int(pid)):
             continue
         study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
         study.enqueue_trial(trial.params, skip_if_exists=False)
         retried += 1
     return retried
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def finished(study: Any) -> list[Any]:
