@@ -18,6 +18,8 @@ import sys
 
 import labd.commands
 from labd import __version__
+from labd.client import LabError
+from labd.daemon.process import DaemonStartError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,3 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except (LabError, DaemonStartError) as exc:  # a daemon unreachable, refusing, or not starting
+        logging.getLogger("labd").debug("labd %s failed", args.command, exc_info=exc)
+        print(f"labd {args.command}: {exc}", file=sys.stderr)
+        return 1

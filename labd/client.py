@@ -20,6 +20,12 @@ Contract:
   flight are sent again once the link is back (checked every 50 ms), without waiting for the
   timeout.
 * A daemon that refuses this client's CURVE key raises ``Unauthorized`` (within 50 ms).
+* First contact: ``connect_timeout_s`` (default 5 s) after a client first waits for a reply,
+  if no daemon has completed a connection's handshake with it yet, the wait raises
+  ``Unreachable`` (a ``ReplyTimeout``, not retried) naming the endpoint and what to check;
+  ``reach`` asks several daemons at once.
+  Once in contact, every request has the full ``timeout_s`` (a daemon that answers but
+  measures slowly is not unreachable).
 * Arrays given to ``submit``/``forward`` are sent without copying: do not modify them until
   the reply has arrived.
 * Message size: the client learns the daemon's ``max_message_bytes`` from ``hello`` (asked
@@ -117,9 +123,21 @@ class ReplyTimeout(LabError):
     code = "timeout"
 
 
+class Unreachable(ReplyTimeout):
+    """No daemon completed a connection with this client within its ``connect_timeout_s``
+    (a ``ReplyTimeout`` that is not retried)."""
+
+    code = "unreachable"
+
+    def __str__(self) -> str:
+        return self.message
+
+
 #: A client waiting for a reply looks at its connection's events after this long without one
 #: (milliseconds): a dropped link's requests are sent again at most this late once it is back.
 LINK_CHECK_MS = 50
+#: Seconds a client waits for its first contact with a daemon (``Unreachable`` after that).
+CONNECT_TIMEOUT_S = 5.0
 #: Connection events the client watches: a dropped link, a new one, a refused handshake.
 LINK_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
                | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
@@ -158,11 +176,15 @@ def forward_rows(limit: int, system: str, input_dim: int, param_dim: int,
 
 class LabClient:
     def __init__(self, endpoint: str = DEFAULT_CONTROL_ENDPOINT, timeout_s: float = 30.0,
-                 retries: int = 3, curve: dict[str, bytes] | None = None) -> None:
+                 retries: int = 3, curve: dict[str, bytes] | None = None,
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         """``curve``: ``{"server_key", "public_key", "secret_key"}`` (Z85) to use CURVE."""
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self.retries = retries
+        self.connect_timeout_s = connect_timeout_s
+        self._linked = False  # a daemon has completed a handshake with this client
+        self._contact_by: float | None = None  # Unreachable after this, until linked
         self._curve = curve
         self._identity = b"labd-" + uuid.uuid4().bytes
         self._context = zmq.Context.instance()
@@ -219,7 +241,10 @@ class LabClient:
         elif event in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
             raise Unauthorized(f"{self.endpoint} refused the connection's security handshake "
                                f"(is this client's key on the daemon's allow-list?)")
-        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._link_lost:
+        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._linked = True
+            if not self._link_lost:
+                return False
             self._link_lost = False
             for frames in self._pending.values():
                 self._socket.send_multipart(frames, copy=False)
@@ -276,16 +301,21 @@ class LabClient:
         sock = self._socket
         assert sock is not None
         deadline = time.monotonic() + timeout
+        if not self._linked and self._contact_by is None:
+            self._contact_by = time.monotonic() + self.connect_timeout_s
         while True:
             try:
                 frames = recv_frames(sock)
             except zmq.Again:
                 if self._link_events():
                     deadline = time.monotonic() + timeout  # sent again: a fresh timeout
+                elif not self._linked and time.monotonic() > self._contact_by:
+                    raise self._unreachable() from None
                 elif time.monotonic() > deadline:
                     raise ReplyTimeout(f"no reply to {rid} from {self.endpoint} within "
                                        f"{timeout:g} s", retryable=True) from None
                 continue
+            self._linked = True
             header, arrays = decode_reply(frames[1:] if not len(frames[0]) else frames)
             got = header.id
             if self._pending.pop(got, None) is None:
@@ -293,6 +323,13 @@ class LabClient:
             if got == rid:
                 return header, arrays
             self._arrived[got] = (header, arrays)
+
+    def _unreachable(self) -> Unreachable:
+        return Unreachable(
+            f"no labd daemon answered at {self.endpoint} within {self.connect_timeout_s:g} s: "
+            f"is `labd serve` running there with that port in its --bind (the monitor page's "
+            f"port is another), is the port open in the lab PC's firewall, and, for a daemon "
+            f"with CURVE keys, is this client's server.key that daemon's?")
 
     def _link_events(self) -> bool:
         """Handle the connection's waiting events; True when requests were sent again."""
@@ -446,6 +483,19 @@ class LabClient:
                 raise
             header, arrays = self._retrying(rid, lambda r: self._send_frames(r, frames), exc)
         return _forward_result(header, arrays)
+
+
+def reach(endpoints: list[str], timeout_s: float = 120.0,
+          curve: dict[str, bytes] | None = None) -> list[dict[str, Any]]:
+    """Each daemon's ``hello``, all connecting at once: ``Unreachable`` naming the first that
+    made no contact within ``CONNECT_TIMEOUT_S`` (``timeout_s``: the wait for a daemon in
+    contact)."""
+    clients = [LabClient(e, timeout_s=timeout_s, retries=0, curve=curve) for e in endpoints]
+    try:
+        return [client.hello() for client in clients]
+    finally:
+        for client in clients:
+            client.close()
 
 
 def curve_keys(server_public_file: str | Path, client_secret_file: str | Path

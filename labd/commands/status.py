@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from labd.client import LabClient, LabError
+from labd.client import LabClient, LabError, Unreachable
 from protocols.v1 import DEFAULT_CONTROL_ENDPOINT
 
 
@@ -24,6 +24,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             hello = client.hello()
             status = client.status()
+        except Unreachable as exc:
+            print(f"labd status: {exc}")
+            return 1
         except LabError as exc:
             print(f"labd status: {args.endpoint}: {exc}")
             return 1

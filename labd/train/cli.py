@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.plugins import PluginError
-from labd.client import LabError, ReplyTimeout
+from labd.client import LabError, ReplyTimeout, Unreachable, reach
 from labd.config import ConfigError
 from labd.daemon.process import DaemonStartError
 from labd.train.datasets import DataError
@@ -55,7 +55,9 @@ def _failed(command: str, exc: Exception, then: str = "") -> int:
     """Print one line for an expected failure of ``labd COMMAND`` and return its exit code
     (the traceback is logged at debug level)."""
     log.debug("labd %s failed", command, exc_info=exc)
-    if isinstance(exc, ReplyTimeout):
+    if isinstance(exc, Unreachable):
+        what = exc.message
+    elif isinstance(exc, ReplyTimeout):
         what = f"{exc.message} (is the daemon running? `labd status --endpoint E` tells)"
     elif isinstance(exc, LabError):
         what = f"the daemon refused a request: {exc}"
@@ -63,6 +65,18 @@ def _failed(command: str, exc: Exception, then: str = "") -> int:
         what = str(exc)
     print(f"labd {command}: {what}{then}")
     return 2 if isinstance(exc, DataError | ConfigError) else 1
+
+
+def _unreachable(command: str, endpoints: list[str] | str | None) -> int | None:
+    """First contact with the given daemons, before the trainer loads (seconds, not the long
+    wait for a measurement): ``_failed``'s exit code if one does not answer, else None."""
+    if not endpoints:
+        return None
+    try:
+        reach([endpoints] if isinstance(endpoints, str) else endpoints)
+    except LabError as exc:
+        return _failed(command, exc)
+    return None
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -156,6 +170,8 @@ def design_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def train(args: argparse.Namespace) -> int:
+    if (failed := _unreachable("train", args.endpoint)) is not None:
+        return failed
     from drivers.physics.nominal import NoNominalModel
     from labd.train.designfile import DesignError
     from labd.train.devices import DeviceError
@@ -217,6 +233,8 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def tune(args: argparse.Namespace) -> int:
+    if (failed := _unreachable("tune", args.endpoint)) is not None:
+        return failed
     from labd.train.tune import SPACE, TuneConfig, TuneError
     from labd.train.tune import tune as run_tune
 
@@ -266,6 +284,8 @@ def add_twin_collect_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def twin_collect(args: argparse.Namespace) -> int:
+    if (failed := _unreachable("twin collect", args.endpoint)) is not None:
+        return failed
     from labd.train.hardware import Connections
     from labd.train.run import daemon_endpoints
     from labd.train.twins import SAMPLES, collect, default_family
@@ -392,6 +412,8 @@ def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def reproduce(args: argparse.Namespace) -> int:
+    if (failed := _unreachable("reproduce", args.endpoint)) is not None:
+        return failed
     from labd.train.reproduce import combine
     from labd.train.reproduce import reproduce as run
 
