@@ -36,6 +36,7 @@ from torch import nn
 
 from labd.train.hardware import Hardware
 from labd.train.layers import GroupReadout, PhysicalLayer, PhysicalNetwork, Rescale
+from labd.train.space import MAX_UNITS
 from labd.train.twins import EPOCHS, HIDDEN, SAMPLES, default_family
 
 
@@ -121,7 +122,6 @@ def default_arch(task: str, system: str, **overrides: Any) -> Arch:
 #: ``EPOCH_BOUNDS``); early stopping ends most runs well before.
 TARGET_STEPS = 4000
 EPOCH_BOUNDS = (30, 400)
-MAX_UNITS = 8
 
 
 def choose_design(n_features: int, n_classes: int, n_train: int,

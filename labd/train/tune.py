@@ -46,26 +46,16 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from labd.train import designfile
-from labd.train.arch import MAX_UNITS, Arch
 from labd.train.datasets import DataError
+from labd.train.space import SPACE
 
-#: key -> (kind, arguments): ``int`` (low, high), ``log`` (low, high: log-uniform float),
-#: ``choice`` (the choices)
-SPACE: dict[str, tuple[str, Any]] = {
-    "depth": ("int", (1, 2)),
-    "units": ("int", (1, MAX_UNITS)),
-    "hybrid": ("choice", (True, False)),
-    "readout": ("choice", ("linear", "groups")),
-    "lr": ("log", (3e-3, 0.1)),
-    "lr_digital": ("log", (1e-3, 0.05)),
-    "batch_size": ("choice", (16, 32, 64, 128)),
-    "scaling": ("choice", ("standard", "minmax")),
-}
+if TYPE_CHECKING:
+    from labd.train.arch import Arch
+
 VAL_FRACTION = 0.15
 TUNE_EXTRA = "pip install 'labd[tune]'"
 
@@ -195,6 +185,9 @@ def best_trial(study: Any) -> Any | None:
 def write_best(study: Any, out: Path, command: str) -> Path | None:
     """``OUT/best-design.toml``: the best trial's design, as the study keeps it (the trial
     may have run on another machine); None: no trial completed."""
+    from labd.train import designfile
+    from labd.train.arch import Arch
+
     trial = best_trial(study)
     if trial is None:
         return None
@@ -288,6 +281,8 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
 
 def _start_from(study: Any, base: Arch, cfg: TuneConfig) -> None:
     """``OUT/base-design.toml``; a new study's first trial: the base design."""
+    from labd.train import designfile
+
     designfile.save(cfg.out / "base-design.toml", base,
                     "The design labd tune started from (the searched keys vary).")
     if not study.get_trials(deepcopy=False):

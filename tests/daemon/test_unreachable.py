@@ -78,3 +78,12 @@ def test_a_slow_first_request_to_a_daemon_in_contact_waits_its_full_timeout(
         assert time.monotonic() - started >= 0.9
         assert reach([rig.endpoint])[0]["server"] == "labd"
 
+
+def test_the_command_line_loads_without_torch() -> None:
+    """Every command's arguments are built without the trainer's heavy imports (torch takes
+    seconds to import), so that ``labd status`` and ``labd serve`` start quickly."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys\nfrom labd.cli import build_parser\n"
+         "build_parser()\nprint('torch' in sys.modules)"],
+        capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "False"
