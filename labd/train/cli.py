@@ -233,8 +233,6 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def tune(args: argparse.Namespace) -> int:
-    if (failed := _unreachable("tune", args.endpoint)) is not None:
-        return failed
     from labd.train.tune import SPACE, TuneConfig, TuneError
     from labd.train.tune import tune as run_tune
 

@@ -36,6 +36,7 @@ daemon, a study made for other data) raise ``TuneError`` with a message saying w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -44,6 +45,7 @@ import queue
 import socket
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -221,8 +223,6 @@ def data_identity(data: str | Path) -> str:
 def tune(cfg: TuneConfig) -> dict[str, Any]:
     """Run the study until it has ``n_trials`` finished trials or ``timeout`` passes; returns
     the report written to ``OUT/tune.json``."""
-    from labd.train import run
-
     optuna = _optuna()
     unknown = sorted(set(cfg.search) - set(SPACE))
     if unknown:
@@ -231,6 +231,8 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     what = {"task": cfg.task, "data": data_identity(cfg.data) if cfg.data else None,
             "system": cfg.system, "mode": cfg.mode}
     study = open_study(cfg, what)
+    _reach(cfg.endpoints or [])
+    from labd.train import run  # (torch: after the daemons answered)
     retried = _retry_dead_trials(study)
     started = time.perf_counter()
     source = f"--task {cfg.task}" if cfg.task else f"--data {cfg.data}"
@@ -289,22 +291,39 @@ def _start_from(study: Any, base: Arch, cfg: TuneConfig) -> None:
         study.enqueue_trial(base_params(base, cfg.search), user_attrs={"base": True})
 
 
-def _prepare(cfg: TuneConfig, eps: list[str]) -> dict[str, Any]:
-    """``labd.train.run.prepare_tuning``, its expected failures as ``TuneError``."""
+@contextlib.contextmanager
+def _daemon_errors(eps: list[str]) -> Iterator[None]:
+    """The daemons' expected failures as ``TuneError``."""
     from labd.client import LabError, ReplyTimeout
-    from labd.train import run
-    from labd.train.designfile import DesignError
-    from labd.train.devices import DeviceError
 
     try:
-        return run.prepare_tuning(cfg.task, cfg.data, cfg.system, cfg.mode, eps, cfg.out,
-                                  cfg.design, cfg.seed, cfg.mnist_dir, cfg.progress,
-                                  cfg.device, VAL_FRACTION)
+        yield
     except ReplyTimeout:
         raise TuneError(f"no daemon answers at {' or '.join(eps)}: start one there "
                         f"(`labd serve --bind E`) or give the right --endpoint") from None
     except LabError as exc:
         raise TuneError(f"the daemon refused: {exc}") from None
+
+
+def _reach(eps: list[str]) -> None:
+    """First contact with every daemon in ``eps``, in seconds: before the trainer loads."""
+    from labd.client import reach
+
+    with _daemon_errors(eps):
+        reach(eps)
+
+
+def _prepare(cfg: TuneConfig, eps: list[str]) -> dict[str, Any]:
+    """``labd.train.run.prepare_tuning``, its expected failures as ``TuneError``."""
+    from labd.train import run
+    from labd.train.designfile import DesignError
+    from labd.train.devices import DeviceError
+
+    try:
+        with _daemon_errors(eps):
+            return run.prepare_tuning(cfg.task, cfg.data, cfg.system, cfg.mode, eps, cfg.out,
+                                      cfg.design, cfg.seed, cfg.mnist_dir, cfg.progress,
+                                      cfg.device, VAL_FRACTION)
     except (DataError, DesignError, DeviceError) as exc:
         raise TuneError(str(exc)) from None
 
