@@ -20,8 +20,9 @@ F4 = np.float32
 def test_every_command_says_in_one_line_that_nothing_answers(tmp_path: Path) -> None:
     """labd status, survey, train, tune, twin collect and reproduce: one line naming the
     endpoint and what to check, within 20 s (5 s of it the wait for contact; the commands
-    run two at a time), no traceback, nothing written. labd tune opens its study first, then
-    says it in its own words (exit code 2; its other errors: tests/train/test_tune.py)."""
+    run two at a time), no traceback, nothing written. labd tune opens its Optuna study first
+    (its database schema: 1-8 s, the longer under load), then says it in its own words within
+    40 s (exit code 2; its other errors: tests/train/test_tune.py)."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     out = tmp_path / "out"
     commands = {
@@ -47,7 +48,8 @@ def test_every_command_says_in_one_line_that_nothing_answers(tmp_path: Path) -> 
             stdout, stderr = proc.communicate(timeout=60)
             took = time.monotonic() - started
             said = (stdout + stderr).strip()
-            assert took < 20, f"labd {name} took {took:.1f} s to say the daemon is unreachable"
+            bound = 40 if name == "tune" else 20
+            assert took < bound, f"labd {name} took {took:.1f} s to say no daemon answers"
             assert "Traceback" not in said and len(said.splitlines()) == 1, (name, said)
             if name == "tune":
                 assert proc.returncode == 2 and said.startswith(
