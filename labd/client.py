@@ -60,13 +60,25 @@ from zmq.utils.monitor import recv_monitor_message
 
 from protocols.frames import decode_reply, encode, encode_forward
 from protocols.transport import recv_frames, send_frames
-from protocols.v1 import DEFAULT_CONTROL_ENDPOINT, VERSION, ReplyHeader
+from protocols.v1 import DEFAULT_CONTROL_ENDPOINT, VERSION, ErrorCode, ReplyHeader
+
+#: The ``LabError`` subclass raised for each error code (``protocols.v1.ErrorCode``, and the
+#: client's own ``timeout``), filled in as the subclasses are declared.
+ERRORS: dict[str, type[LabError]] = {}
 
 
 class LabError(Exception):
-    """An error reply from the daemon (or no reply at all)."""
+    """An error reply from the daemon (or no reply at all). A subclass states its code in its
+    class statement, ``class Busy(LabError, code=ErrorCode.BUSY)``, which enters it in
+    ``ERRORS``."""
 
     code = "error"
+
+    def __init_subclass__(cls, code: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+            ERRORS[code] = cls
 
     def __init__(self, message: str, retryable: bool = False, code: str | None = None) -> None:
         super().__init__(message)
@@ -79,55 +91,53 @@ class LabError(Exception):
         return f"[{self.code}] {self.message}"
 
 
-class BadRequest(LabError):
-    code = "bad_request"
+class BadRequest(LabError, code=ErrorCode.BAD_REQUEST):
+    """The daemon could not read the request (its header or frames): a bug in the client."""
 
 
-class UnsupportedVersion(LabError):
-    code = "unsupported_version"
+class UnsupportedVersion(LabError, code=ErrorCode.UNSUPPORTED_VERSION):
+    """The daemon does not speak this client's protocol version."""
 
 
-class UnknownOp(LabError):
-    code = "unknown_op"
+class UnknownOp(LabError, code=ErrorCode.UNKNOWN_OP):
+    """The daemon has no such operation (a daemon older than the client)."""
 
 
-class UnknownSystem(LabError):
-    code = "unknown_system"
+class UnknownSystem(LabError, code=ErrorCode.UNKNOWN_SYSTEM):
+    """The daemon serves no system of that name (``labd status`` lists them)."""
 
 
-class BadArray(LabError):
-    code = "bad_array"
+class BadArray(LabError, code=ErrorCode.BAD_ARRAY):
+    """An array's dtype, shape or size disagrees with its header or with the system."""
 
 
-class OutOfRange(LabError):
-    code = "out_of_range"
+class OutOfRange(LabError, code=ErrorCode.OUT_OF_RANGE):
+    """A value outside the system's range, or NaN or inf: refused before anything is driven."""
 
 
-class TooLarge(LabError):
-    code = "too_large"
+class TooLarge(LabError, code=ErrorCode.TOO_LARGE):
+    """The request exceeds the daemon's ``max_message_bytes``."""
 
 
-class Busy(LabError):
-    code = "busy"
+class Busy(LabError, code=ErrorCode.BUSY):
+    """The system's queue is full, or the daemon is stopping: always retryable."""
 
 
-class InstrumentFault(LabError):
-    code = "instrument_fault"
+class InstrumentFault(LabError, code=ErrorCode.INSTRUMENT_FAULT):
+    """The instrument failed or timed out, or the store could not record the measurement."""
 
 
-class Unauthorized(LabError):
-    code = "unauthorized"
+class Unauthorized(LabError, code=ErrorCode.UNAUTHORIZED):
+    """This client may not use that operation or system, or the daemon refused its CURVE key."""
 
 
-class ReplyTimeout(LabError):
-    code = "timeout"
+class ReplyTimeout(LabError, code="timeout"):
+    """No reply within the client's ``timeout_s`` (retryable)."""
 
 
-class Unreachable(ReplyTimeout):
+class Unreachable(ReplyTimeout, code="unreachable"):
     """No daemon completed a connection with this client within its ``connect_timeout_s``
     (a ``ReplyTimeout`` that is not retried)."""
-
-    code = "unreachable"
 
     def __str__(self) -> str:
         return self.message
@@ -142,9 +152,6 @@ CONNECT_TIMEOUT_S = 5.0
 LINK_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
                | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
 
-ERRORS: dict[str, type[LabError]] = {cls.code: cls for cls in (
-    BadRequest, UnsupportedVersion, UnknownOp, UnknownSystem, BadArray, OutOfRange, TooLarge,
-    Busy, InstrumentFault, Unauthorized)}
 
 
 #: Upper bound on a forward request's header besides the JSON-escaped system name (bytes):

@@ -1,5 +1,10 @@
-"""``labd serve``: run the daemon until it is asked to stop (``labd.daemon.process.stop_signals``:
-Ctrl-C everywhere, SIGTERM on POSIX, Ctrl-Break on Windows) or its starter exits."""
+"""``labd serve``: serve physical forward queries over ZeroMQ (protocol v1) until stopped.
+
+Without --config it serves the embedded default: every simulated system, in fast timing, plus
+the loopback diagnostic. Stop it with Ctrl-C (or SIGTERM on Linux and macOS, Ctrl-Break on
+Windows: ``labd.daemon.process.stop_signals``); with --exit-with-parent it also stops when the
+process that started it exits.
+"""
 
 from __future__ import annotations
 
@@ -28,12 +33,8 @@ log = logging.getLogger("labd.serve")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "serve", help="run the daemon",
-        description="Serve physical forward queries over ZeroMQ (protocol v1). Without --config "
-                    "it serves the embedded default: every simulated system, in fast timing, "
-                    "plus the loopback diagnostic. Stop it with Ctrl-C (or SIGTERM on Linux and "
-                    "macOS, Ctrl-Break on Windows).")
+    p = sub.add_parser("serve", help="run the daemon", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="PATH",
                    help="TOML configuration (default: the embedded one; see `labd config`)")
     p.add_argument("--bind", metavar="ENDPOINT",
