@@ -127,3 +127,19 @@ def test_logistic_regression_agrees_with_scikit_learn(name: str) -> None:
     theirs = ref.predict((d.x_test - mean) / std)
     assert abs(ours["test_accuracy"] - float(np.mean(theirs == d.y_test))) <= 1 / len(d.y_test)
     assert ours["val_accuracy"] is not None and ours["train_accuracy"] > 0.7
+
+
+def test_logistic_regression_fits_a_split_once_per_process() -> None:
+    """Runs on the same split (the seeds of one reproduce or tune process) share one fit; any
+    other split is fitted anew; a caller may change what it gets without changing the cache."""
+    from labd.train import yardstick
+
+    d = load_csv(CSV / "wine.csv").carve_validation(0.15)
+    first = logistic_regression(d)
+    fits = len(yardstick._FITTED)
+    first["test_accuracy"] = -1.0
+    again = logistic_regression(d)
+    assert len(yardstick._FITTED) == fits and again["test_accuracy"] >= 0.8
+    assert again["iterations"] <= 100
+    logistic_regression(load_csv(CSV / "wine.csv").carve_validation(0.15, seed=1))
+    assert len(yardstick._FITTED) == fits + 1
