@@ -58,7 +58,7 @@ EXPERIMENTS = [
     Experiment("vowels", "shg", "twin", "SHG, 2 layers", "-"),
     Experiment("vowels", "shg", "pat", "SHG, 2 layers, twin refined", "-", refine=True),
     Experiment("mnist", "plate", "pat", "plate, 2 units", "87%"),
-    Experiment("mnist", "oscillator", "pat", "oscillator, 3 units", "93%"),
+    Experiment("mnist", "oscillator", "pat", "oscillator, 6 units", "93%"),
     Experiment("mnist", "shg", "pat", "SHG x16 + digital (hybrid)", "97%"),
 ]
 
