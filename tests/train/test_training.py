@@ -234,4 +234,4 @@ def test_pipelined_steps_retry_instrument_faults(tmp_path: Path) -> None:
             assert step.scores.shape == (21, data.n_classes)
         errors = client.status()["systems"]["shg"]["errors"]
     assert errors > 0, "no fault was injected"
-    assert hw.queries == 5 * 21 * arch.depth
+    assert hw.queries == 5 * 21 * arch.depth * arch.units
