@@ -53,10 +53,10 @@ class Experiment:
 
 
 EXPERIMENTS = [
-    Experiment("vowels", "shg", "pat", "SHG, 2 layers x 4 units", "93%"),
-    Experiment("vowels", "shg", "insilico", "SHG, 2 layers x 4 units", "~40%"),
-    Experiment("vowels", "shg", "twin", "SHG, 2 layers x 4 units", "-"),
-    Experiment("vowels", "shg", "pat", "SHG, 2x4 units, twin refined", "-", refine=True),
+    Experiment("vowels", "shg", "pat", "SHG, 2 layers", "93%"),
+    Experiment("vowels", "shg", "insilico", "SHG, 2 layers", "~40%"),
+    Experiment("vowels", "shg", "twin", "SHG, 2 layers", "-"),
+    Experiment("vowels", "shg", "pat", "SHG, 2 layers, twin refined", "-", refine=True),
     Experiment("mnist", "plate", "pat", "plate, 2 units", "87%"),
     Experiment("mnist", "oscillator", "pat", "oscillator, 6 units", "93%"),
     Experiment("mnist", "shg", "pat", "SHG x16 + digital (hybrid)", "97%"),
