@@ -158,6 +158,18 @@ def test_combine_merges_reproduce_parts(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "all.json").read_text())["results"] == report["results"]
 
 
+def test_reproduce_rows_name_the_design_their_runs_used() -> None:
+    from labd.train.reproduce import EXPERIMENTS
+
+    rows = {e.key: e for e in EXPERIMENTS}
+    assert rows["vowels:shg:pat"].label({"depth": 2, "units": 1}) == "SHG, 2 layers"
+    assert (rows["vowels:shg:pat:refine"].label({"depth": 2, "units": 3})
+            == "SHG, 2 layers, 3 units, twin refined")
+    assert rows["mnist:oscillator:pat"].label({"depth": 1, "units": 6}) == "oscillator, 6 units"
+    assert (rows["mnist:shg:pat"].label({"depth": 1, "units": 32, "hybrid": True})
+            == "SHG x32 + digital (hybrid)")
+
+
 def test_pipelined_training_equals_the_plain_loop(daemon: LocalDaemon, tmp_path: Path) -> None:
     """``Trainer`` through ``Pipeline`` (the default) against ``pipeline=False`` on a real daemon
     (the loopback is noiseless): the same losses, accuracies, shots and parameters; and the
