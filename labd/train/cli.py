@@ -412,9 +412,14 @@ def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
 def reproduce(args: argparse.Namespace) -> int:
     if (failed := _unreachable("reproduce", args.endpoint)) is not None:
         return failed
-    from labd.train.reproduce import combine
+    from labd.train.reproduce import UnknownExperiment, combine, select
     from labd.train.reproduce import reproduce as run
 
+    try:
+        select(args.only)
+    except UnknownExperiment as exc:
+        _failed("reproduce", exc)
+        return 2
     if args.combine:
         combine(args.combine, args.json or Path(args.out) / "results.json", args.only)
         return 0

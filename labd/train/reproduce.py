@@ -74,6 +74,22 @@ EXPERIMENTS = [
     Experiment("mnist", "shg", "pat", "SHG", "97%"),
 ]
 
+
+class UnknownExperiment(ValueError):
+    """An ``only`` prefix that no experiment's key starts with."""
+
+
+def select(only: list[str] | None) -> list[Experiment]:
+    """The experiments whose key starts with one of the prefixes ``only`` (every one without
+    it); ``UnknownExperiment`` naming the first prefix that matches none."""
+    for prefix in only or []:
+        if not any(e.key.startswith(prefix) for e in EXPERIMENTS):
+            raise UnknownExperiment(
+                f"--only {prefix} matches no experiment; the experiments are "
+                f"{', '.join(e.key for e in EXPERIMENTS)}")
+    return [e for e in EXPERIMENTS if not only or any(e.key.startswith(o) for o in only)]
+
+
 @dataclass(frozen=True)
 class Budget:
     """What each run may spend: MNIST subset sizes ``(train, test)`` (``None``: all of it),
@@ -138,16 +154,15 @@ def reproduce(out: str | Path, quick: bool = False, seeds: int = 3, first_seed: 
               progress: bool = True, budget: Budget | None = None,
               resume: bool = False) -> dict[str, Any]:
     """Run the experiments for seeds ``first_seed .. first_seed + seeds - 1``; ``only``
-    filters by prefixes of ``Experiment.key``; ``budget`` (default ``QUICK`` if ``quick``,
-    else ``FULL``) sizes each run. ``resume``: a run whose folder has its ``summary.json``
-    is taken as it is, the others continue from their checkpoints."""
+    filters by prefixes of ``Experiment.key`` (``select``); ``budget`` (default ``QUICK``
+    if ``quick``, else ``FULL``) sizes each run. ``resume``: a run whose folder has its
+    ``summary.json`` is taken as it is, the others continue from their checkpoints."""
+    chosen = select(only)
     budget = budget or (QUICK if quick else FULL)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results: list[dict[str, Any]] = []
-    chosen = [e for e in EXPERIMENTS
-              if not only or any(e.key.startswith(o) for o in only)]
     path = Path(json_path) if json_path else out / "results.json"
 
     def write() -> dict[str, Any]:
@@ -187,13 +202,15 @@ def reproduce(out: str | Path, quick: bool = False, seeds: int = 3, first_seed: 
 def combine(paths: list[str | Path], json_path: str | Path,
             only: list[str] | None = None) -> dict[str, Any]:
     """One report from several ``reproduce`` result files (processes run side by side);
-    ``only`` keeps the results whose experiment key starts with one of these prefixes.
+    ``only`` keeps the results whose experiment key starts with one of these prefixes
+    (``select``'s ``UnknownExperiment`` for a prefix no experiment has).
 
     ``results`` are concatenated; ``seeds`` is the most runs of any one experiment;
     ``wall_s`` is the longest part's (they ran concurrently);
     ``parts`` keeps each file's path, wall time and experiments. Writes ``json_path`` and
     prints the table.
     """
+    select(only)
     parts = [json.loads(Path(p).read_text()) for p in paths]
     results = [r for part in parts for r in part["results"]
                if not only or any(experiment_key(r).startswith(o) for o in only)]

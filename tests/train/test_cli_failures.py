@@ -38,6 +38,19 @@ def test_unknown_system_and_missing_files_are_one_line(daemon: LocalDaemon,
     assert not (tmp_path / "data.npz").exists()
 
 
+def test_reproduce_refuses_an_only_filter_that_matches_no_experiment(tmp_path: Path) -> None:
+    """A mistyped ``--only`` names the experiments instead of printing an empty table."""
+    for extra in ([], ["--combine", str(tmp_path / "part.json")]):
+        done = _labd("reproduce", "--only", "mnist:nosuch", "--out", str(tmp_path / "r"),
+                     "--no-progress", *extra)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stdout + done.stderr
+        lines = done.stdout.strip().splitlines()
+        assert len(lines) == 1 and "mnist:nosuch" in lines[0], done.stdout
+        assert "mnist:plate:pat" in lines[0]
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_failure_mid_training_leaves_the_run_resumable(
         daemon: LocalDaemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
